@@ -1,0 +1,323 @@
+"""Datasets as uint8 tensors resident on the training device, split into train / val / test.
+
+In-memory sets (CIFAR, MNIST, synthetic) are sliced batch by batch from a shuffled index: no
+per-image PIL work and no DataLoader workers. ImageFolder (variable sizes, too big for memory)
+decodes and resizes in DataLoader workers and yields the same uint8 batches, so augmentation and
+normalisation are identical for every dataset (see augment.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from sweeplab.errors import SweeplabError
+
+
+class DatasetError(SweeplabError, RuntimeError):
+    """Data is missing, unreadable or does not fit the config; the message says where and why."""
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TensorSplit:
+    """Images (uint8, N×C×H×W) and labels (int64) held as tensors on one device."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to_device(self, device: torch.device) -> TensorSplit:
+        return TensorSplit(self.images.to(device), self.labels.to(device))
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return _num_batches(len(self), batch_size, drop_last)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator).to(self.labels.device) if shuffle else None
+        for start in range(0, self.num_batches(batch_size, drop_last) * batch_size, batch_size):
+            if order is None:
+                yield (
+                    self.images[start : start + batch_size],
+                    self.labels[start : start + batch_size],
+                )
+            else:
+                idx = order[start : start + batch_size]
+                yield self.images[idx], self.labels[idx]
+
+
+class LoaderSplit:
+    """A map-style dataset of (uint8 image, label) read through DataLoader workers."""
+
+    def __init__(self, dataset: Dataset, device: torch.device, num_workers: int):
+        self.dataset, self.device, self.num_workers = dataset, device, num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        return _num_batches(len(self), batch_size, drop_last)
+
+    def batches(self, batch_size, shuffle=False, generator=None, drop_last=False):
+        n = len(self)
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else range(n)
+        loader = DataLoader(
+            Subset(self.dataset, list(order)),
+            batch_size=batch_size,
+            drop_last=drop_last and n >= batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y in loader:
+            yield (
+                x.as_subclass(torch.Tensor).to(self.device, non_blocking=True),
+                y.to(self.device, non_blocking=True),
+            )
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    # drop_last only drops a *partial* last batch (a batch of 1 breaks BatchNorm in training).
+    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+
+
+@dataclass
+class Data:
+    train: TensorSplit | LoaderSplit
+    val: TensorSplit | LoaderSplit
+    test: TensorSplit | LoaderSplit
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def split_train_val(
+    n: int, val_fraction: float, train_subset: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of (train, val): val is a fixed random share of the train set, set by `seed`."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(n * val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    if train_subset is not None:
+        if train_subset > len(train):
+            raise DatasetError(
+                f"dataset.train_subset={train_subset} is larger than the {len(train)} training "
+                f"examples left after the validation split (val_fraction={val_fraction})"
+            )
+        train = train[:train_subset]
+    return train, val
+
+
+# --- torchvision datasets ----------------------------------------------------------------------
+
+# name -> (torchvision class name, folder torchvision expects under root)
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python"),
+    "mnist": ("MNIST", "MNIST/raw"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"),
+}
+
+
+def torchvision_dataset(
+    name: str,
+    root: str,
+    download: bool,
+    val_fraction: float,
+    train_subset: int | None,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    *,
+    device: torch.device,
+    seed: int,
+) -> Data:
+    """Load a torchvision dataset once as uint8 tensors and move it to `device`."""
+    if name not in TORCHVISION_SETS:
+        raise DatasetError(f"dataset.name={name!r}: known names are {sorted(TORCHVISION_SETS)}")
+    train_x, train_y, classes = _read_torchvision(name, root, download, train=True)
+    test_x, test_y, _ = _read_torchvision(name, root, download, train=False)
+    got = (len(classes), train_x.shape[1], train_x.shape[2])
+    if got != (num_classes, in_channels, image_size):
+        raise DatasetError(
+            f"{name} has (num_classes, in_channels, image_size)={got} but the config says "
+            f"{(num_classes, in_channels, image_size)}"
+        )
+    train_idx, val_idx = split_train_val(len(train_y), val_fraction, train_subset, seed)
+    return Data(
+        train=TensorSplit(train_x[train_idx], train_y[train_idx]).to_device(device),
+        val=TensorSplit(train_x[val_idx], train_y[val_idx]).to_device(device),
+        test=TensorSplit(test_x, test_y).to_device(device),
+        classes=classes,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def _read_torchvision(name: str, root: str, download: bool, train: bool):
+    import torchvision
+
+    cls_name, folder = TORCHVISION_SETS[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    expected = Path(root) / folder
+    try:
+        ds = cls(root=root, train=train, download=download)
+    except Exception as e:  # urllib/HTTP errors, "Dataset not found", corrupt archives, ...
+        how = (
+            "the download failed (offline?)"
+            if download
+            else "download is off (dataset.download=false)"
+        )
+        raise DatasetError(
+            f"{name} is not available under {expected} and {how}: {type(e).__name__}: {e}. "
+            "Put the files there, point SWEEPLAB_DATA_DIR (or dataset.root) at their parent, "
+            "or run once on a networked machine with dataset.download=true."
+        ) from None
+    data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(ds.data)
+    images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    return images.contiguous(), labels, [str(c) for c in ds.classes]
+
+
+# --- synthetic -----------------------------------------------------------------------------
+
+
+def synthetic_dataset(
+    name: str,
+    num_train: int,
+    num_test: int,
+    val_fraction: float,
+    train_subset: int | None,
+    noise: float,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    *,
+    device: torch.device,
+    seed: int,
+) -> Data:
+    """Per-class random templates blended with per-image noise: learnable, made on the fly."""
+    if not 0 <= noise <= 1:
+        raise DatasetError(f"dataset.noise={noise} must be in [0, 1]")
+    g = torch.Generator().manual_seed(seed)
+    shape = (in_channels, image_size, image_size)
+    templates = torch.rand((num_classes, *shape), generator=g)
+
+    def make(n: int) -> TensorSplit:
+        labels = torch.randint(0, num_classes, (n,), generator=g)
+        pixels = (1 - noise) * templates[labels] + noise * torch.rand((n, *shape), generator=g)
+        return TensorSplit((pixels * 255).round().to(torch.uint8), labels)
+
+    full, test = make(num_train), make(num_test)
+    train_idx, val_idx = split_train_val(num_train, val_fraction, train_subset, seed)
+    return Data(
+        train=TensorSplit(full.images[train_idx], full.labels[train_idx]).to_device(device),
+        val=TensorSplit(full.images[val_idx], full.labels[val_idx]).to_device(device),
+        test=test.to_device(device),
+        classes=[f"class_{i}" for i in range(num_classes)],
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+# --- image folders -------------------------------------------------------------------------
+
+
+def imagefolder_dataset(
+    name: str,
+    root: str,
+    val_fraction: float,
+    test_fraction: float,
+    train_subset: int | None,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    num_workers: int = 2,
+    *,
+    device: torch.device,
+    seed: int,
+) -> Data:
+    """root/{train,val,test}/<class>/*; missing val/ or test/ are carved from train."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    base = Path(root)
+    if in_channels not in (1, 3):
+        raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
+    steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    if in_channels == 1:
+        steps.append(v2.Grayscale())
+    transform = v2.Compose(steps)
+
+    def read(folder: Path) -> ImageFolder:
+        try:
+            return ImageFolder(str(folder), transform=transform)
+        except (FileNotFoundError, OSError) as e:
+            raise DatasetError(f"image folder {folder}: {e}") from None
+
+    train_dir = base / "train" if (base / "train").is_dir() else base
+    if not train_dir.is_dir():
+        raise DatasetError(f"dataset.root: image folder {base} does not exist")
+    full = read(train_dir)
+    if len(full.classes) < 2:
+        raise DatasetError(f"image folder {train_dir} has {len(full.classes)} class(es); need 2+")
+    splits = {}
+    for split in ("val", "test"):
+        if (base / split).is_dir():
+            splits[split] = read(base / split)
+            if splits[split].classes != full.classes:
+                raise DatasetError(
+                    f"{base / split} has classes {splits[split].classes}, "
+                    f"but {train_dir} has {full.classes}"
+                )
+    n = len(full)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    taken = 0
+    for split, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if split not in splits:
+            k = max(1, round(n * fraction))
+            splits[split] = Subset(full, perm[taken : taken + k])
+            taken += k
+    train_idx = perm[taken:]
+    if train_subset is not None:
+        if train_subset > len(train_idx):
+            raise DatasetError(
+                f"dataset.train_subset={train_subset} is larger than the {len(train_idx)} "
+                "training images left after the val/test splits"
+            )
+        train_idx = train_idx[:train_subset]
+    if len(full.classes) != num_classes:
+        raise DatasetError(f"{train_dir} has {len(full.classes)} classes, config {num_classes}")
+
+    def wrap(ds: Dataset) -> LoaderSplit:
+        return LoaderSplit(ds, device, num_workers)
+
+    return Data(
+        train=wrap(Subset(full, train_idx)),
+        val=wrap(splits["val"]),
+        test=wrap(splits["test"]),
+        classes=list(full.classes),
+        mean=tuple(mean),
+        std=tuple(std),
+    )

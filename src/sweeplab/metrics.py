@@ -1,0 +1,84 @@
+"""Per-class metrics from a confusion matrix, and the two plots every run logs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+
+def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    """test_{precision,recall,f1}_<class> from a [true, predicted] confusion matrix.
+
+    A class never predicted has precision 0 (and never present, recall 0), not NaN.
+    """
+    c = confusion.double()
+    tp = c.diagonal()
+    predicted, actual = c.sum(0), c.sum(1)
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), 0 * tp)
+    out = {}
+    for i, name in enumerate(classes):
+        key = metric_safe(name)
+        out[f"test_precision_{key}"] = precision[i].item()
+        out[f"test_recall_{key}"] = recall[i].item()
+        out[f"test_f1_{key}"] = f1[i].item()
+    return out
+
+
+def metric_safe(name: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and space; keep it to a tidy subset."""
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "class"
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    size = min(4 + 0.45 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        top = confusion.max().item() or 1
+        for i in range(n):
+            for j in range(n):
+                v = confusion[i, j].item()
+                color = "white" if v > top / 2 else "black"
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test confusion matrix (best checkpoint)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+        ax_acc.plot(epochs, [h[f"{split}_acc"] for h in history], marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,94 @@
+"""Re-run a tracked run from its MLflow run id: `sweeplab-rerun <run id> [overrides...]`.
+
+Fetches the run's logged `hydra/config.yaml`, composes it (plus any overrides) and trains it
+again as a new run tagged `sweeplab.source_run_id=<run id>`. Same seed on CPU: same metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeplab.errors import SweeplabError
+
+
+class RerunError(SweeplabError, RuntimeError):
+    """The source run or its config cannot be found."""
+
+
+def default_tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
+
+
+def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> Path:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise RerunError(f"no run {run_id!r} in the tracking store {tracking_uri}") from None
+    try:
+        return Path(client.download_artifacts(run_id, "hydra/config.yaml", str(dest)))
+    except (MlflowException, OSError):
+        raise RerunError(
+            f"run {run_id} has no hydra/config.yaml artifact, so it cannot be re-run "
+            "(was it logged by sweeplab?)"
+        ) from None
+
+
+def rerun(
+    run_id: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    tracking_uri: str | None = None,
+    output_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train the logged config of `run_id` again; returns the new run's metrics."""
+    from hydra import compose, initialize_config_dir
+    from mlflow import MlflowClient
+
+    import sweeplab
+
+    uri = tracking_uri or default_tracking_uri()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
+    with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:
+        config = fetch_config(run_id, uri, Path(tmp))
+        fixed = [f"output_dir={out}", f"tracking.source_run_id={run_id}"]
+        with initialize_config_dir(str(config.parent), version_base="1.3"):
+            cfg = compose(config.stem, overrides=[*fixed, *overrides])
+        source = MlflowClient(tracking_uri=uri).get_run(run_id).info.run_name
+        cfg.tracking.run_name = f"{source} (rerun)"
+    return sweeplab.train(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sweeplab-rerun", description="Re-run an MLflow run from its logged Hydra config."
+    )
+    parser.add_argument("run_id")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.epochs=20")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlruns")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
+    try:
+        result = rerun(args.run_id, args.overrides, args.tracking_uri)
+    except SweeplabError as e:
+        print(f"sweeplab-rerun: error: {e}", file=sys.stderr)
+        return 2
+    print(f"new run {result['run_id']}: test_acc={result['test_acc']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

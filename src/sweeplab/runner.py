@@ -1,0 +1,249 @@
+"""`train(cfg) -> dict`: build everything from the config, run the loop, track it. Nothing else.
+
+Order matters for reliability: the config is validated and data, model and optimizer are built
+*before* an MLflow run exists, so bad input fails fast and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab import tracking
+from sweeplab.augment import Normalize
+from sweeplab.checkpoint import load_checkpoint, save_checkpoint
+from sweeplab.loop import evaluate, train_epoch
+from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
+from sweeplab.optim import build_optimizer
+from sweeplab.schema import Amp, ConfigError, launch_dir, validate
+
+log = logging.getLogger("sweeplab")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ConfigError(f"trainer.device={name}: this machine has {n} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name}: MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one configuration end to end; returns its final metrics and MLflow run id."""
+    validate(cfg)
+    tc = cfg.trainer
+    amp = tc.amp.name if isinstance(tc.amp, Amp) else str(tc.amp)
+    device = resolve_device(tc.device)
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    seed_everything(tc.seed, tc.deterministic)
+    output_dir = Path(cfg.output_dir)
+
+    data = instantiate(cfg.dataset, device=device, seed=tc.seed)
+    model = instantiate(cfg.model).to(device)
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model)
+    steps_per_epoch = data.train.num_batches(tc.batch_size, drop_last=True)
+    scheduler = instantiate(cfg.scheduler)(
+        optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
+    )
+    augment = instantiate(cfg.augmentation)
+    normalize = Normalize(data.mean, data.std, device)
+    train_loss = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    eval_loss = torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    shuffle_gen = torch.Generator().manual_seed(tc.seed)
+    augment_gen = torch.Generator(device).manual_seed(tc.seed + 1)
+    num_classes = len(data.classes)
+
+    def run_eval(split):
+        return evaluate(
+            model,
+            split.batches(tc.eval_batch_size),
+            normalize=normalize,
+            loss_fn=eval_loss,
+            num_classes=num_classes,
+            device=device,
+            amp=amp,
+        )
+
+    job = _job_info(cfg)
+    experiment_id = tracking.prepare_store(
+        cfg.tracking.uri, cfg.tracking.root, cfg.tracking.experiment
+    )
+    log.info(
+        "%s: %d train / %d val / %d test images, %s on %s, %d params",
+        cfg.dataset.name, len(data.train), len(data.val), len(data.test),
+        cfg.model._target_.rsplit(".", 1)[-1], device,
+        sum(p.numel() for p in model.parameters()),
+    )  # fmt: skip
+    ckpt_dir = output_dir / "checkpoints"
+    best_path = ckpt_dir / "best.pt"
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch = -1.0, 0
+
+    with tracking.tracked_run(cfg.tracking.uri, experiment_id, job["run_name"], job["tags"]) as run:
+        log.info("MLflow run %s (experiment %r)", run.run_id, cfg.tracking.experiment)
+        run.log_params(tracking.flatten_config(cfg, launch_dir()))
+        config_file, overrides_file = tracking.write_config_files(cfg, output_dir)
+        run.log_artifact(config_file, "hydra")
+        run.log_artifact(overrides_file, "hydra")
+        run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
+        try:
+            for epoch in range(1, tc.epochs + 1):
+                progress = _progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
+                stats = train_epoch(
+                    model,
+                    data.train.batches(tc.batch_size, True, shuffle_gen, drop_last=True),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    loss_fn=train_loss,
+                    augment=augment,
+                    normalize=normalize,
+                    generator=augment_gen,
+                    device=device,
+                    amp=amp,
+                    scaler=scaler,
+                    grad_clip=tc.grad_clip,
+                    on_step=progress,
+                )
+                progress.close()
+                val_loss, val_acc, _ = run_eval(data.val)
+                row = {"epoch": epoch, **stats, "val_loss": val_loss, "val_acc": val_acc}
+                row["lr"] = optimizer.param_groups[0]["lr"]
+                history.append(row)
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+                improved = val_acc > best_acc
+                if improved:
+                    best_acc, best_epoch = val_acc, epoch
+                    save_checkpoint(
+                        _checkpoint(model, cfg, data.classes, epoch, val_acc), best_path
+                    )
+                log.info(
+                    "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
+                    "lr %.2e  %.1fs  %.0f img/s%s",
+                    epoch, tc.epochs, stats["train_loss"], stats["train_acc"], val_loss, val_acc,
+                    row["lr"], stats["epoch_time_s"], stats["train_images_per_s"],
+                    "  *best" if improved else "",
+                )  # fmt: skip
+                if tc.early_stopping and epoch - best_epoch >= tc.early_stopping:
+                    log.info("early stop: no val_acc gain for %d epochs", tc.early_stopping)
+                    break
+
+            # Score the test set once, with the checkpoint chosen on validation.
+            model.load_state_dict(load_checkpoint(best_path)["model"])
+            test_loss, test_acc, confusion = run_eval(data.test)
+            final = {
+                "best_val_acc": best_acc,
+                "best_epoch": best_epoch,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                **per_class_metrics(confusion, data.classes),
+            }
+            run.log_metrics(final, step=best_epoch)
+            plots = output_dir / "plots"
+            plots.mkdir(parents=True, exist_ok=True)
+            run.log_artifact(
+                plot_confusion(confusion, data.classes, plots / "confusion_matrix.png"), "plots"
+            )
+            log.info(
+                "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
+                best_epoch, best_acc, test_acc, test_loss,
+            )  # fmt: skip
+        finally:  # whatever happened, keep what was learned
+            if best_path.is_file():
+                run.log_artifact(best_path, "checkpoints")
+            if history:
+                plots = output_dir / "plots"
+                plots.mkdir(parents=True, exist_ok=True)
+                run.log_artifact(plot_curves(history, plots / "curves.png"), "plots")
+    return {**final, "run_id": run.run_id, "history": history}
+
+
+def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc: float) -> dict:
+    """Model weights plus plain-typed metadata (readable with weights_only=True)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "val_acc": float(val_acc),
+        "classes": list(classes),
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "dataset": str(cfg.dataset.name),
+    }
+
+
+def _job_info(cfg: DictConfig) -> dict[str, Any]:
+    """Run name and tags: overrides, Hydra dirs, git state and a command to reproduce the run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides: list[str] = []
+    tags = {**tracking.git_state(launch_dir())}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        tags["hydra.output_dir"] = tracking.relativize_paths(hc.runtime.output_dir, launch_dir())
+        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+            tags["hydra.sweep_dir"] = tracking.relativize_paths(hc.sweep.dir, launch_dir())
+            tags["hydra.job_num"] = str(hc.job.num)
+    if cfg.tracking.source_run_id:
+        tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
+    # Paths and tracking settings say where a run went, not what it was: keep them out of names.
+    semantic = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "output_dir"))]
+    tags["sweeplab.overrides"] = " ".join(overrides)
+    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, overrides)])
+    if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
+        tags["sweeplab.reproduce_config"] = (
+            f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "
+            "--config-name config"
+        )
+    name = cfg.tracking.run_name or (",".join(semantic) if semantic else "defaults")
+    return {"run_name": name[:250], "tags": tags}
+
+
+class _progress:
+    """A tqdm bar on an interactive terminal; silent in logs/CI (the epoch line says it all)."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 25 == 0:  # reading the loss syncs the device: do it rarely
+                self.bar.set_postfix(loss=f"{loss.item():.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,226 @@
+"""Typed top-level config, path resolvers, and up-front validation of the composed config.
+
+The top level and the `trainer`/`tracking` groups are dataclasses (Hydra checks them while
+composing). The other groups are `_target_` + knobs; `validate` checks their knobs against the
+target's own signature, so a schema can never drift from the code that uses it.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import enum
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from sweeplab.errors import SweeplabError
+
+
+class ConfigError(SweeplabError, ValueError):
+    """A config value is wrong; the message names the key and says what would be right."""
+
+
+class Amp(enum.Enum):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    device: str = "auto"
+    seed: int = 42
+    deterministic: bool = False
+    amp: Amp = Amp.none
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    early_stopping: int = 0
+    num_threads: int | None = None
+
+
+@dataclass
+class TrackingConfig:
+    root: str = MISSING
+    uri: str = MISSING
+    experiment: str = MISSING
+    run_name: str | None = None
+    source_run_id: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    augmentation: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = MISSING
+    optimized_metric: str = "best_val_acc"
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+# --- resolvers ------------------------------------------------------------------------------
+
+
+def launch_dir() -> Path:
+    """The directory the user launched from, even if Hydra changed into a job directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def abspath(path: str) -> str:
+    """Make `path` absolute relative to the launch directory (stable under hydra.job.chdir)."""
+    p = Path(os.path.expanduser(str(path)))
+    return str(p if p.is_absolute() else (launch_dir() / p).resolve())
+
+
+def data_root() -> str:
+    return abspath(os.environ.get("SWEEPLAB_DATA_DIR") or "data")
+
+
+def count_classes(root: str) -> int:
+    """Number of class folders of an image folder (its train/ split if it has one)."""
+    base = Path(abspath(root))
+    if (base / "train").is_dir():
+        base = base / "train"
+    if not base.is_dir():
+        raise ConfigError(f"dataset.root: image folder {base} does not exist")
+    return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+for _name, _fn in {
+    "sweeplab.abspath": abspath,
+    "sweeplab.data_root": data_root,
+    "sweeplab.count_classes": count_classes,
+}.items():
+    OmegaConf.register_new_resolver(_name, _fn, replace=True)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+TARGET_GROUPS = ("dataset", "model", "optimizer", "scheduler", "augmentation")
+# Arguments the code passes itself when it calls a group's target, so configs must not set them.
+CALL_ARGS = {"params", "optimizer", "steps_per_epoch", "epochs", "device", "seed"}
+
+# (key, check, what a valid value looks like)
+RANGE_CHECKS = [
+    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("trainer.early_stopping", lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    ("trainer.num_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("dataset.val_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("dataset.train_subset", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the whole composed config before any work starts; raise ConfigError naming the key."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(
+            "mandatory values not set (???): "
+            + ", ".join(missing)
+            + " — set them on the command line, e.g. "
+            + f"{missing[0]}=<value>"
+        )
+    for group in TARGET_GROUPS:
+        _check_against_target(group, cfg[group])
+    for key, ok, expected in RANGE_CHECKS:
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>":
+            continue
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    device = str(cfg.trainer.device)
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        raise ConfigError(
+            f"trainer.device={device!r} is invalid: expected auto, cpu, cuda, cuda:N or mps"
+        )
+
+
+def _check_against_target(group: str, node: DictConfig) -> None:
+    target = node.get("_target_")
+    if target is None:
+        raise ConfigError(f"{group}: no _target_ (the function or class that builds it)")
+    try:
+        fn = get_object(target)
+    except Exception as e:  # hydra wraps import problems in several exception types
+        raise ConfigError(f"{group}._target_={target!r} cannot be imported: {e}") from None
+    sig = inspect.signature(fn)
+    params = dict(sig.parameters)
+    params.pop("self", None)
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    hints = _type_hints(fn)
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        if key in CALL_ARGS:
+            raise ConfigError(f"{group}.{key} is set by sweeplab itself; remove it")
+        if key not in params:
+            if takes_kwargs:
+                continue
+            valid = ", ".join(k for k in params if k not in CALL_ARGS)
+            raise ConfigError(f"{group}.{key} is not a knob of {target}; valid knobs: {valid}")
+        expected = hints.get(key)
+        value = node[key]
+        if expected is not None and not _matches(value, expected):
+            raise ConfigError(
+                f"{group}.{key}={value!r} has the wrong type: expected {_type_name(expected)}"
+            )
+
+
+def _type_hints(fn: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    except Exception:  # unresolvable forward references: skip type checks, keep key checks
+        return {}
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, (ListConfig, list, tuple))
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected in (bool, str):
+        return isinstance(value, expected)
+    return True  # tensors, callables, ...: not expressible in YAML, nothing to check
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
