@@ -14,18 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import load_checkpoint, save_checkpoint
+from sweeplab.errors import SweeplabError
 from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
 
 log = logging.getLogger("sweeplab")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but our own clear errors surface as themselves, not wrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, SweeplabError):
+            raise e.__cause__ from None
+        raise
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,14 +80,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(tc.seed, tc.deterministic)
     output_dir = Path(cfg.output_dir)
 
-    data = instantiate(cfg.dataset, device=device, seed=tc.seed)
-    model = instantiate(cfg.model).to(device)
-    optimizer = build_optimizer(instantiate(cfg.optimizer), model)
+    data = build(cfg.dataset, device=device, seed=tc.seed)
+    model = build(cfg.model).to(device)
+    optimizer = build_optimizer(build(cfg.optimizer), model)
     steps_per_epoch = data.train.num_batches(tc.batch_size, drop_last=True)
-    scheduler = instantiate(cfg.scheduler)(
-        optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
-    )
-    augment = instantiate(cfg.augmentation)
+    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs)
+    augment = build(cfg.augmentation)
     normalize = Normalize(data.mean, data.std, device)
     train_loss = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     eval_loss = torch.nn.CrossEntropyLoss()

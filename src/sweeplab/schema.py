@@ -138,7 +138,7 @@ RANGE_CHECKS = [
 
 def validate(cfg: DictConfig) -> None:
     """Check the whole composed config before any work starts; raise ConfigError naming the key."""
-    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(
             "mandatory values not set (???): "
@@ -163,6 +163,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.device={device!r} is invalid: expected auto, cpu, cuda, cuda:N or mps"
         )
+
+
+def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Keys still `???`, found without resolving interpolations (they may need Hydra)."""
+    found = []
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        full = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
+        if full == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            found.append(full)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
+            found += _missing_keys(child, full + ".")
+    return found
 
 
 def _check_against_target(group: str, node: DictConfig) -> None:
@@ -219,7 +236,9 @@ def _matches(value: Any, expected: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected in (bool, str):
         return isinstance(value, expected)
-    return True  # tensors, callables, ...: not expressible in YAML, nothing to check
+    if isinstance(expected, type):  # e.g. torch.Tensor: no YAML value is one
+        return isinstance(value, expected)
+    return True  # Callable[...] and other typing forms: nothing YAML could match, so no check
 
 
 def _type_name(expected: Any) -> str:

@@ -1,0 +1,100 @@
+"""The CLI as a user runs it: the headline sweep, re-running a job, and bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TRAIN_SCRIPT
+
+SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]
+
+
+def run_cli(args: list[str], cwd: Path, data_dir: Path, timeout: int = 900):
+    env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def headline_sweep(tmp_path_factory, data_dir):
+    """`python src/train.py -m optimizer=sgd,adam model=simple_cnn,resnet18` on small MNIST."""
+    cwd = tmp_path_factory.mktemp("launch")
+    proc = run_cli(["-m", "optimizer=sgd,adam", "model=simple_cnn,resnet18", *SMALL], cwd, data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
+    return cwd, client, proc
+
+
+def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_sweep):
+    cwd, client, _ = headline_sweep
+    experiments = [e.name for e in client.search_experiments()]
+    assert "mnist" in experiments
+    exp = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    combos = {(r.data.params["model._target_"], r.data.params["optimizer._target_"]) for r in runs}
+    assert len(combos) == 4
+    assert len({r.info.run_name for r in runs}) == 4
+    for r in runs:
+        assert {"best_val_acc", "test_acc", "test_precision_0_-_zero"} <= set(r.data.metrics)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
+        paths = {a.path for d in ("checkpoints", "plots", "hydra")
+                 for a in client.list_artifacts(r.info.run_id, d)}  # fmt: skip
+        assert {"checkpoints/best.pt", "plots/curves.png", "plots/confusion_matrix.png",
+                "hydra/config.yaml", "hydra/overrides.yaml"} <= paths  # fmt: skip
+        assert r.data.tags["hydra.output_dir"].startswith("outputs/multiruns/")
+        # artifacts live under the launch directory's mlruns/, not in a job directory
+        assert r.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
+    # Every job's checkpoint is loadable safely.
+    best = client.download_artifacts(runs[0].info.run_id, "checkpoints/best.pt")
+    assert "model" in torch.load(best, weights_only=True)
+
+
+def test_rerun_from_saved_hydra_config_gives_equal_metrics(headline_sweep, data_dir):
+    cwd, client, _ = headline_sweep
+    exp = client.get_experiment_by_name("mnist")
+    (original,) = client.search_runs(
+        [exp.experiment_id], "params.model._target_ = 'sweeplab.models.simple_cnn' and "
+        "params.optimizer._target_ = 'torch.optim.Adam'",
+    )  # fmt: skip
+    job_dir = cwd / original.data.tags["hydra.output_dir"]
+    proc = run_cli(["--config-path", str(job_dir / ".hydra"), "--config-name", "config"], cwd,
+                   data_dir)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id], order_by=["start_time DESC"], max_results=1)
+    again = runs[0]
+    assert again.info.run_id != original.info.run_id
+    assert again.data.metrics["test_acc"] == original.data.metrics["test_acc"]
+    for name in ("train_loss", "val_loss"):
+        a = [m.value for m in client.get_metric_history(original.info.run_id, name)]
+        b = [m.value for m in client.get_metric_history(again.info.run_id, name)]
+        assert a == b, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.epoch=3"], "trainer.epoch"),
+        (["optimizer.lr=abc"], "optimizer.lr='abc' has the wrong type"),
+        (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
+        (["model=resnet19"], "simple_cnn"),
+        (["dataset=cifar10", "dataset.download=false"], "cifar10 is not available under"),
+        (["dataset=mnist", "trainer.device=cuda:7"], "trainer.device=cuda:7"),
+        (["dataset=mnist", "trainer.amp=fp16", "trainer.device=cpu"], "fp16 needs a CUDA"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_and_nonzero_exit(args, message, tmp_path, data_dir):
+    proc = run_cli(args, tmp_path, data_dir if "cifar10" not in args[0] else tmp_path, 300)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,152 @@
+"""train(cfg): every model × optimizer trains and is tracked; runs are reproducible and re-runnable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import GROUPS
+
+from sweeplab import runner, train
+from sweeplab.checkpoint import load_checkpoint
+from sweeplab.rerun import RerunError, rerun
+
+EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
+                 "train_images_per_s"}  # fmt: skip
+FINAL_METRICS = {"best_val_acc", "best_epoch", "test_loss", "test_acc"}
+
+
+@pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
+@pytest.mark.parametrize("model", GROUPS["model"])
+def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small_cfg, client):
+    cfg = small_cfg(f"model={model}", f"optimizer={optimizer}", "dataset.image_size=32")
+    result = train(cfg)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert set(run.data.metrics) >= EPOCH_METRICS | FINAL_METRICS
+    assert run.data.metrics["test_acc"] == result["test_acc"]
+    assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+    assert run.data.params["optimizer._target_"] == cfg.optimizer._target_
+    assert run.data.params["model.num_classes"] == "10"
+    for k in range(10):
+        assert f"test_f1_class_{k}" in run.data.metrics
+
+
+def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
+    result = train(small_cfg("trainer.epochs=3"))
+    run_id = result["run_id"]
+    for name in ("train_loss", "val_acc", "lr"):
+        steps = [m.step for m in client.get_metric_history(run_id, name)]
+        assert steps == [1, 2, 3], name
+    artifacts = {a.path for d in ("", "checkpoints", "hydra", "plots")
+                 for a in client.list_artifacts(run_id, d or None)}  # fmt: skip
+    assert {"checkpoints/best.pt", "hydra/config.yaml", "hydra/overrides.yaml",
+            "plots/confusion_matrix.png", "plots/curves.png"} <= artifacts  # fmt: skip
+    tags = client.get_run(run_id).data.tags
+    assert tags["sweeplab.reproduce_run"] == f"sweeplab-rerun {run_id}"
+    assert "git.commit" in tags and tags["git.dirty"] in ("true", "false")
+    params = client.get_run(run_id).data.params
+    assert not any(v.startswith("/") or "sqlite:////" in v for v in params.values()), params
+
+
+def test_it_actually_learns(small_cfg):
+    cfg = small_cfg("optimizer=adam", "trainer.epochs=4", "dataset.num_train=1000",
+                    "augmentation=none")  # fmt: skip
+    result = train(cfg)
+    assert result["test_acc"] > 0.9
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_same_config_and_seed_give_identical_metrics(small_cfg):
+    a = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial"))
+    b = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial"))
+    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}  # noqa: E731
+                       for r in h]  # fmt: skip
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["test_acc"] == b["test_acc"]
+    c = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial", "trainer.seed=1"))
+    assert strip(c["history"]) != strip(a["history"])
+
+
+def test_best_checkpoint_is_safe_to_load_and_reproduces_test_acc(small_cfg, client, tmp_path):
+    cfg = small_cfg("trainer.epochs=2", "model=lenet", "dataset.image_size=32")
+    result = train(cfg)
+    path = client.download_artifacts(result["run_id"], "checkpoints/best.pt", str(tmp_path))
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == result["best_epoch"]
+    assert state["val_acc"] == result["best_val_acc"]
+    model = runner.build(cfg.model)
+    model.load_state_dict(state["model"])
+    data = runner.build(cfg.dataset, device=torch.device("cpu"), seed=cfg.trainer.seed)
+    from sweeplab.augment import Normalize
+    from sweeplab.loop import evaluate
+
+    _, acc, _ = evaluate(model, data.test.batches(64), normalize=Normalize(data.mean, data.std,
+                         torch.device("cpu")), loss_fn=torch.nn.CrossEntropyLoss(),
+                         num_classes=10, device=torch.device("cpu"))  # fmt: skip
+    assert acc == result["test_acc"]
+    assert load_checkpoint(path)["classes"] == data.classes
+
+
+def test_augmentation_touches_training_batches_only(small_cfg, monkeypatch):
+    seen = []
+
+    def recording(x, g=None):
+        seen.append(len(x))
+        return x
+
+    monkeypatch.setattr(runner, "build", _replacing(runner.build, "augment", lambda: recording))
+    cfg = small_cfg("trainer.epochs=2", "trainer.batch_size=32")
+    result = train(cfg)
+    # 320 images, 10% val -> 288 train -> 9 full batches per epoch; val/test never augmented
+    assert seen == [32] * 18
+    assert result["test_acc"] >= 0
+
+
+def _replacing(build, module_suffix, factory):
+    def patched(node, **kwargs):
+        if str(node.get("_target_", "")).startswith(f"sweeplab.{module_suffix}."):
+            return factory()
+        return build(node, **kwargs)
+
+    return patched
+
+
+def test_an_exception_ends_the_run_failed_with_its_traceback(small_cfg, client, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash in epoch 1")
+
+    monkeypatch.setattr(runner, "train_epoch", boom)
+    cfg = small_cfg()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "simulated crash" in run.data.tags["error"]
+    text = client.download_artifacts(run.info.run_id, "error/traceback.txt")
+    assert "RuntimeError: simulated crash" in open(text).read()
+
+
+def test_rerun_from_run_id_gives_equal_metrics(small_cfg, store_root, client, tmp_path):
+    original = train(small_cfg("trainer.epochs=2", "model=lenet", "dataset.image_size=32"))
+    uri = f"sqlite:///{store_root}/mlflow.db"
+    again = rerun(original["run_id"], tracking_uri=uri, output_dir=str(tmp_path / "rerun"))
+    assert again["run_id"] != original["run_id"]
+    assert again["test_acc"] == original["test_acc"]
+    assert [h["train_loss"] for h in again["history"]] == [
+        h["train_loss"] for h in original["history"]
+    ]
+    new = client.get_run(again["run_id"])
+    assert new.data.tags["sweeplab.source_run_id"] == original["run_id"]
+    assert new.info.run_name.endswith("(rerun)")
+    assert new.info.experiment_id == client.get_run(original["run_id"]).info.experiment_id
+
+
+def test_rerun_of_unknown_run_or_run_without_config_is_a_clear_error(store_root, client):
+    uri = f"sqlite:///{store_root}/mlflow.db"
+    with pytest.raises(RerunError, match="no run 'deadbeef'"):
+        rerun("deadbeef", tracking_uri=uri)
+    exp = client.create_experiment("not-sweeplab")
+    bare = client.create_run(exp).info.run_id
+    with pytest.raises(RerunError, match="no hydra/config.yaml"):
+        rerun(bare, tracking_uri=uri)
