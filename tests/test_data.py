@@ -44,8 +44,8 @@ def test_train_subset_caps_train_only_and_refuses_too_large():
 
 def test_shuffled_batches_cover_every_sample_once():
     split = TensorSplit(torch.zeros(103, 1, 2, 2, dtype=torch.uint8), torch.arange(103))
-    seen = torch.cat([y for _, y in split.batches(10, shuffle=True,
-                                                 generator=torch.Generator().manual_seed(0))])  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    seen = torch.cat([y for _, y in split.batches(10, shuffle=True, generator=gen)])
     assert sorted(seen.tolist()) == list(range(103)) and seen.tolist() != list(range(103))
     dropped = [len(y) for _, y in split.batches(10, shuffle=True, drop_last=True)]
     assert dropped == [10] * 10

@@ -1,6 +1,8 @@
-"""train(cfg): every model × optimizer trains and is tracked; runs are reproducible and re-runnable."""
+"""train(cfg): every model × optimizer trains and is tracked; runs reproduce and re-run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,7 +126,7 @@ def test_an_exception_ends_the_run_failed_with_its_traceback(small_cfg, client, 
     assert run.info.status == "FAILED"
     assert "simulated crash" in run.data.tags["error"]
     text = client.download_artifacts(run.info.run_id, "error/traceback.txt")
-    assert "RuntimeError: simulated crash" in open(text).read()
+    assert "RuntimeError: simulated crash" in Path(text).read_text()
 
 
 def test_rerun_from_run_id_gives_equal_metrics(small_cfg, store_root, client, tmp_path):
