@@ -98,3 +98,9 @@ def test_bad_input_gives_one_clear_error_and_nonzero_exit(args, message, tmp_pat
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_writes_no_tracking_store(tmp_path, data_dir):
+    proc = run_cli(["dataset=mnist", "optimizer.lr=-1"], tmp_path, data_dir, 300)
+    assert proc.returncode == 2 and "optimizer.lr=-1 is invalid" in proc.stderr
+    assert not (tmp_path / "mlruns").exists()

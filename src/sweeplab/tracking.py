@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -63,9 +64,20 @@ def _safe_dirname(name: str) -> str:
 
 
 class PrepareStoreCallback(Callback):
-    """Hydra callback: set up store and experiment once, before any job of a run or sweep."""
+    """Hydra callback: set up store and experiment once, before any job of a run or sweep.
+
+    The config is validated first, so bad input ends with one message and creates nothing.
+    """
 
     def _prepare(self, config: DictConfig) -> None:
+        from sweeplab.errors import SweeplabError
+        from sweeplab.schema import validate
+
+        try:
+            validate(config)
+        except SweeplabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         t = config.tracking
         prepare_store(t.uri, t.root, t.experiment)
 
