@@ -53,11 +53,13 @@ def small_cfg(store_root, tmp_path):
     experiment = f"test-{uuid.uuid4().hex[:8]}"
 
     def make(*overrides: str) -> DictConfig:
+        # A small synthetic set unless the test picks another dataset.
+        synthetic = [] if any(o.startswith("dataset=") for o in overrides) else [
+            "dataset=synthetic", "dataset.num_train=320", "dataset.num_test=100",
+        ]  # fmt: skip
         return compose_cfg(
             [
-                "dataset=synthetic",
-                "dataset.num_train=320",
-                "dataset.num_test=100",
+                *synthetic,
                 "trainer.epochs=1",
                 "trainer.batch_size=32",
                 "trainer.device=cpu",

@@ -180,14 +180,18 @@ def load_weights_file(model: nn.Module, path: Path, head_name: str) -> None:
     The head is skipped when its shape differs (transfer learning), a first conv with another
     channel count is adapted; anything else that does not fit is an error naming the keys.
     """
-    from sweeplab.checkpoint import load_checkpoint
+    from sweeplab.checkpoint import CheckpointError, load_checkpoint
 
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ModelError(f"model.weights: {e}") from None
     state = state.get("model", state)
     own = model.state_dict()
     fitted, skipped, bad = {}, [], []
     for key, value in state.items():
         if key not in own:
+            bad.append(f"unexpected {key}")
             continue
         target = own[key].shape
         if value.shape == target:
@@ -202,8 +206,8 @@ def load_weights_file(model: nn.Module, path: Path, head_name: str) -> None:
     if bad or missing:
         detail = "; ".join(bad[:3] + [f"missing {k}" for k in missing[:3]])
         raise ModelError(
-            f"model.weights={path} does not fit this model ({len(bad)} mismatched, "
-            f"{len(missing)} missing): {detail}"
+            f"model.weights={path} does not fit this model ({len(bad)} mismatched or "
+            f"unexpected, {len(missing)} missing): {detail}"
         )
     model.load_state_dict(fitted, strict=False)
     if skipped:
