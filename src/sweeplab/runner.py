@@ -227,6 +227,9 @@ def _job_info(cfg: DictConfig) -> dict[str, Any]:
         tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
     # Paths and tracking settings say where a run went, not what it was: keep them out of names.
     semantic = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "output_dir"))]
+    swept = os.environ.get(tracking.SWEPT_KEYS_ENV, "").split(",")
+    if tags.get("hydra.sweep_dir") and any(swept):
+        semantic = [o for o in semantic if o.split("=", 1)[0] in swept] or semantic
     tags["sweeplab.overrides"] = " ".join(overrides)
     tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, overrides)])
     if "hydra.output_dir" in tags:  # the job's saved config, run again as it was

@@ -86,6 +86,19 @@ class PrepareStoreCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config)
+        # Jobs name their runs after the swept keys only; workers inherit the environment.
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task)))
+
+
+SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """Keys a sweep varies (`optimizer=sgd,adam`, `lr=range(...)`), from its overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
 
 
 # --- params ----------------------------------------------------------------------------------
