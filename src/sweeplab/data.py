@@ -160,11 +160,30 @@ def torchvision_dataset(
             f"{name} has (num_classes, in_channels, image_size)={got} but the config says "
             f"{(num_classes, in_channels, image_size)}"
         )
-    train_idx, val_idx = split_train_val(len(train_y), val_fraction, train_subset, seed)
+    return in_memory(
+        TensorSplit(train_x, train_y), TensorSplit(test_x, test_y), classes, mean, std,
+        val_fraction, train_subset, device, seed,
+    )  # fmt: skip
+
+
+def in_memory(
+    full_train: TensorSplit,
+    test: TensorSplit,
+    classes: list[str],
+    mean: list[float],
+    std: list[float],
+    val_fraction: float,
+    train_subset: int | None,
+    device: torch.device,
+    seed: int,
+) -> Data:
+    """Carve the val split from the train set and put all three splits on `device`."""
+    train_idx, val_idx = split_train_val(len(full_train), val_fraction, train_subset, seed)
+    x, y = full_train.images, full_train.labels
     return Data(
-        train=TensorSplit(train_x[train_idx], train_y[train_idx]).to_device(device),
-        val=TensorSplit(train_x[val_idx], train_y[val_idx]).to_device(device),
-        test=TensorSplit(test_x, test_y).to_device(device),
+        train=TensorSplit(x[train_idx], y[train_idx]).to_device(device),
+        val=TensorSplit(x[val_idx], y[val_idx]).to_device(device),
+        test=test.to_device(device),
         classes=classes,
         mean=tuple(mean),
         std=tuple(std),
@@ -227,16 +246,11 @@ def synthetic_dataset(
         pixels = (1 - noise) * templates[labels] + noise * torch.rand((n, *shape), generator=g)
         return TensorSplit((pixels * 255).round().to(torch.uint8), labels)
 
-    full, test = make(num_train), make(num_test)
-    train_idx, val_idx = split_train_val(num_train, val_fraction, train_subset, seed)
-    return Data(
-        train=TensorSplit(full.images[train_idx], full.labels[train_idx]).to_device(device),
-        val=TensorSplit(full.images[val_idx], full.labels[val_idx]).to_device(device),
-        test=test.to_device(device),
-        classes=[f"class_{i}" for i in range(num_classes)],
-        mean=tuple(mean),
-        std=tuple(std),
-    )
+    classes = [f"class_{i}" for i in range(num_classes)]
+    return in_memory(
+        make(num_train), make(num_test), classes, mean, std, val_fraction, train_subset,
+        device, seed,
+    )  # fmt: skip
 
 
 # --- image folders -------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,7 +244,3 @@ def write_config_files(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path]:
     if not overrides.is_file():
         overrides.write_text(OmegaConf.to_yaml(ListConfig([])))
     return config, overrides
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="sweeplab-")
