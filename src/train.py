@@ -3,6 +3,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import sweeplab
@@ -13,12 +15,17 @@ from sweeplab.errors import SweeplabError
 def main(cfg: DictConfig) -> float:
     try:
         metrics = sweeplab.train(cfg)
-    except SweeplabError as e:  # bad input: one clear line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+    except SweeplabError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # this job fails, the sweep goes on; the summary lists it at the end
+        print(f"error: {e}", file=sys.stderr)  # bad input: one clear line, not a traceback
         sys.exit(2)
     # The value returned is what a sweeper (e.g. Optuna) optimises.
     return metrics[cfg.optimized_metric]
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the run was already closed as KILLED
+        sys.exit(130)

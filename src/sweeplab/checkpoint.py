@@ -55,3 +55,56 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
+
+
+# --- resume state ------------------------------------------------------------------------------
+
+
+def training_state(
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    generators: dict[str, torch.Generator],
+    epoch: int,
+    best_acc: float,
+    best_epoch: int,
+    history: list[dict[str, float]],
+    run_id: str,
+    config_hash: str,
+) -> dict[str, Any]:
+    """Everything needed to continue bitwise-exactly after `epoch` (plain types and tensors)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **{name: g.get_state() for name, g in generators.items()},
+        },
+        "epoch": epoch,
+        "best_acc": float(best_acc),
+        "best_epoch": best_epoch,
+        "history": [dict(row) for row in history],
+        "mlflow_run_id": run_id,
+        "config_hash": config_hash,
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], *, model, optimizer, scheduler, scaler, generators
+) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    for name, g in generators.items():
+        g.set_state(rng[name])

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from sweeplab.errors import SweeplabError
+
 
 def autocast(device: torch.device, amp: str):
     """Mixed precision context for `amp` in none | bf16 | fp16."""
@@ -20,6 +22,10 @@ def autocast(device: torch.device, amp: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+class NonFiniteLossError(SweeplabError, ArithmeticError):
+    """The training loss became NaN/inf; raised before the step, so the weights stay finite."""
 
 
 def _sync(device: torch.device) -> None:
@@ -42,6 +48,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    epoch: int = 0,
 ) -> dict[str, float]:
     """Train one epoch; returns train_loss, train_acc (over every image seen) and speed."""
     model.train()
@@ -55,6 +62,11 @@ def train_epoch(
         with autocast(device, amp):
             logits = model(x)
             loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):  # one host sync per step: cheap next to a NaN'd hour
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {epoch}, step {step + 1}: lower optimizer.lr, "
+                "set trainer.grad_clip, or use trainer.amp=none"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -20,11 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import tracking
 from sweeplab.augment import Normalize
-from sweeplab.checkpoint import load_checkpoint, save_checkpoint
+from sweeplab.checkpoint import (
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from sweeplab.errors import SweeplabError
 from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
+from sweeplab.redact import redact_override
+from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
 
 log = logging.getLogger("sweeplab")
@@ -79,6 +86,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(tc.num_threads)
     seed_everything(tc.seed, tc.deterministic)
     output_dir = Path(cfg.output_dir)
+    tracking.ensure_writable(output_dir, "output_dir")
+    uri = cfg.tracking.uri
+    chash = config_hash(cfg)
+    resumed = load_resume_state(tc.resume, uri, output_dir, chash) if tc.resume else None
 
     data = build(cfg.dataset, device=device, seed=tc.seed)
     model = build(cfg.model).to(device)
@@ -90,8 +101,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_loss = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     eval_loss = torch.nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    shuffle_gen = torch.Generator().manual_seed(tc.seed)
-    augment_gen = torch.Generator(device).manual_seed(tc.seed + 1)
+    generators = {
+        "shuffle": torch.Generator().manual_seed(tc.seed),
+        "augment": torch.Generator(device).manual_seed(tc.seed + 1),
+    }
     num_classes = len(data.classes)
 
     def run_eval(split):
@@ -106,57 +119,87 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     job = _job_info(cfg)
-    experiment_id = tracking.prepare_store(
-        cfg.tracking.uri, cfg.tracking.root, cfg.tracking.experiment
-    )
+    experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
+    if resumed is None:
+        for stale in tracking.mark_stale_runs(uri, experiment_id, chash):
+            log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
     log.info(
         "%s: %d train / %d val / %d test images, %s on %s, %d params",
         cfg.dataset.name, len(data.train), len(data.val), len(data.test),
         cfg.model._target_.rsplit(".", 1)[-1], device,
         sum(p.numel() for p in model.parameters()),
     )  # fmt: skip
-    ckpt_dir = output_dir / "checkpoints"
-    best_path = ckpt_dir / "best.pt"
+    best_path = output_dir / "checkpoints" / "best.pt"
+    last_path = output_dir / "checkpoints" / "last.pt"
     history: list[dict[str, float]] = []
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_epoch, start_epoch = -1.0, 0, 1
+    if resumed is not None:
+        restore_training_state(
+            resumed, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            generators=generators,
+        )  # fmt: skip
+        history = resumed["history"]
+        best_acc, best_epoch = resumed["best_acc"], resumed["best_epoch"]
+        start_epoch = resumed["epoch"] + 1
+        log.info("resuming run %s after epoch %d", resumed["mlflow_run_id"], resumed["epoch"])
+    tags = {**job["tags"], **tracking.process_tags(), "sweeplab.config_hash": chash}
+    resume_id = resumed["mlflow_run_id"] if resumed else None
 
-    with tracking.tracked_run(cfg.tracking.uri, experiment_id, job["run_name"], job["tags"]) as run:
+    with (
+        sigterm_exits(),
+        tracking.tracked_run(uri, experiment_id, job["run_name"], tags, resume_id) as run,
+    ):
         log.info("MLflow run %s (experiment %r)", run.run_id, cfg.tracking.experiment)
-        run.log_params(tracking.flatten_config(cfg, launch_dir()))
-        config_file, overrides_file = tracking.write_config_files(cfg, output_dir)
-        run.log_artifact(config_file, "hydra")
-        run.log_artifact(overrides_file, "hydra")
-        run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
+        if resumed is None:
+            run.log_params(tracking.flatten_config(cfg, launch_dir()))
+            for path in tracking.write_config_files(cfg, output_dir):
+                run.log_artifact(path, "hydra")
+            run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
+        else:  # an epoch checkpointed but killed before its metrics were logged
+            logged = max((m.step for m in run.metric_history("val_acc")), default=0)
+            for row in history:
+                if row["epoch"] > logged:
+                    run.log_metrics(_epoch_metrics(row), step=row["epoch"])
         try:
-            for epoch in range(1, tc.epochs + 1):
+            for epoch in range(start_epoch, tc.epochs + 1):
                 progress = _progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
                 stats = train_epoch(
                     model,
-                    data.train.batches(tc.batch_size, True, shuffle_gen, drop_last=True),
+                    data.train.batches(tc.batch_size, True, generators["shuffle"], drop_last=True),
                     optimizer=optimizer,
                     scheduler=scheduler,
                     loss_fn=train_loss,
                     augment=augment,
                     normalize=normalize,
-                    generator=augment_gen,
+                    generator=generators["augment"],
                     device=device,
                     amp=amp,
                     scaler=scaler,
                     grad_clip=tc.grad_clip,
                     on_step=progress,
+                    epoch=epoch,
                 )
                 progress.close()
                 val_loss, val_acc, _ = run_eval(data.val)
                 row = {"epoch": epoch, **stats, "val_loss": val_loss, "val_acc": val_acc}
                 row["lr"] = optimizer.param_groups[0]["lr"]
                 history.append(row)
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
                 improved = val_acc > best_acc
                 if improved:
                     best_acc, best_epoch = val_acc, epoch
                     save_checkpoint(
                         _checkpoint(model, cfg, data.classes, epoch, val_acc), best_path
                     )
+                    run.log_artifact(best_path, "checkpoints")
+                # last.pt before the metrics: a resume re-logs what a kill cut off, never twice
+                state = training_state(
+                    model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                    generators=generators, epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
+                    history=history, run_id=run.run_id, config_hash=chash,
+                )  # fmt: skip
+                save_checkpoint(state, last_path)
+                run.log_artifact(last_path, "checkpoints")
+                run.log_metrics(_epoch_metrics(row), step=epoch)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
                     "lr %.2e  %.1fs  %.0f img/s%s",
@@ -181,21 +224,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             run.log_metrics(final, step=best_epoch)
             plots = output_dir / "plots"
             plots.mkdir(parents=True, exist_ok=True)
-            run.log_artifact(
-                plot_confusion(confusion, data.classes, plots / "confusion_matrix.png"), "plots"
-            )
+            confusion_png = plot_confusion(confusion, data.classes, plots / "confusion_matrix.png")
+            run.log_artifact(confusion_png, "plots")
             log.info(
                 "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
                 best_epoch, best_acc, test_acc, test_loss,
             )  # fmt: skip
-        finally:  # whatever happened, keep what was learned
-            if best_path.is_file():
-                run.log_artifact(best_path, "checkpoints")
+        finally:  # whatever happened, keep the curves of what was learned
             if history:
                 plots = output_dir / "plots"
                 plots.mkdir(parents=True, exist_ok=True)
                 run.log_artifact(plot_curves(history, plots / "curves.png"), "plots")
     return {**final, "run_id": run.run_id, "history": history}
+
+
+def _epoch_metrics(row: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k != "epoch"}
 
 
 def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc: float) -> dict:
@@ -214,11 +258,11 @@ def _job_info(cfg: DictConfig) -> dict[str, Any]:
     """Run name and tags: overrides, Hydra dirs, git state and a command to reproduce the run."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides: list[str] = []
+    overrides: list[str] = []  # redacted below: values of secret-looking keys never logged
     tags = {**tracking.git_state(launch_dir())}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
-        overrides = list(hc.overrides.task)
+        overrides = [redact_override(o) for o in hc.overrides.task]
         tags["hydra.output_dir"] = tracking.relativize_paths(hc.runtime.output_dir, launch_dir())
         if hc.mode is not None and hc.mode.name == "MULTIRUN":
             tags["hydra.sweep_dir"] = tracking.relativize_paths(hc.sweep.dir, launch_dir())

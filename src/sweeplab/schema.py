@@ -47,6 +47,7 @@ class TrainerConfig:
     grad_clip: float | None = None
     early_stopping: int = 0
     num_threads: int | None = None
+    resume: str | None = None
 
 
 @dataclass

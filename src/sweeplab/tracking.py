@@ -11,8 +11,10 @@ import enum
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sweeplab.errors import SweeplabError
+from sweeplab.redact import (
+    env_sourced_keys,
+    redact_config,
+    redact_flat,
+    redact_override,
+    redact_uri,
+)
+from sweeplab.schema import abspath
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -28,34 +40,95 @@ MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 BATCH = 100  # params/tags per log_batch call
 
 
+class TrackingError(SweeplabError):
+    """The tracking store cannot be used (unreachable, not writable, unknown run)."""
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=resolve_uri(uri))
+
+
+def is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def resolve_uri(uri: str) -> str:
+    """Relative local stores -> absolute from the launch dir: one store, whatever the job's cwd."""
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            path = uri[len(prefix) :]
+            return uri if os.path.isabs(path) else prefix + abspath(path)
+    return abspath(uri) if "://" not in uri else uri
+
+
+def ensure_writable(path: str | Path, what: str) -> None:
+    """Create `path` and write a probe file in it, or raise one clear error before training."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".sweeplab-probe-"):
+            pass
+    except OSError as e:
+        raise TrackingError(f"{what}={path} is not writable: {e.strerror or e}") from None
+
+
+def check_store(uri: str, root: str) -> None:
+    """Fail fast: a local store must be writable, a server must answer."""
+    if is_local(uri):
+        ensure_writable(root, "tracking.root")
+        db = resolve_uri(uri)
+        if db.startswith("sqlite:///"):
+            ensure_writable(Path(db[len("sqlite:///") :]).parent, "tracking.uri")
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as e:
+        raise TrackingError(
+            f"tracking server {redact_uri(uri)} is unreachable ({type(e).__name__}); start it, "
+            "or point tracking.uri at a reachable server or a local sqlite:/// store"
+        ) from None
+
+
+@contextlib.contextmanager
+def _store_lock(root: Path):
+    """Serialise store/experiment creation across processes (sqlite set-up is not race-safe)."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".sweeplab.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare_store(uri: str, root: str, experiment: str) -> str:
-    """Create the store (and its directory) and the experiment if needed; return its id.
-
-    Safe to call from many jobs at once: a lost creation race just reads the winner's id.
-    """
+    """Check the store, create it and the experiment if needed (once, under a lock); its id."""
     from mlflow.exceptions import MlflowException
 
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    if local:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    client = _client(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    artifacts = (Path(root) / "artifacts" / _safe_dirname(experiment)).as_uri() if local else None
-    try:
-        return client.create_experiment(experiment, artifact_location=artifacts)
-    except MlflowException:
+    check_store(uri, root)
+    local = is_local(uri)
+    root_path = Path(abspath(root))
+    with _store_lock(root_path) if local else contextlib.nullcontext():
+        client = _client(uri)
         found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise
-        return found.experiment_id
+        if found is not None:
+            return found.experiment_id
+        artifacts = (
+            (root_path / "artifacts" / _safe_dirname(experiment)).as_uri() if local else None
+        )
+        try:
+            return client.create_experiment(experiment, artifact_location=artifacts)
+        except MlflowException:  # another host created it first (server stores)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 def _safe_dirname(name: str) -> str:
@@ -68,25 +141,46 @@ class PrepareStoreCallback(Callback):
     The config is validated first, so bad input ends with one message and creates nothing.
     """
 
-    def _prepare(self, config: DictConfig) -> None:
-        from sweeplab.errors import SweeplabError
+    def _prepare(self, config: DictConfig, output_dir: str) -> None:
         from sweeplab.schema import validate
 
         try:
             validate(config)
+            ensure_writable(abspath(output_dir), "hydra output dir")
+            t = config.tracking
+            prepare_store(t.uri, t.root, t.experiment)
         except SweeplabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        t = config.tracking
-        prepare_store(t.uri, t.root, t.experiment)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
+        self._prepare(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
+        self._prepare(config, config.hydra.sweep.dir)
+        self.jobs: list[tuple[str, str, str]] = []
         # Jobs name their runs after the swept keys only; workers inherit the environment.
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task)))
+        import atexit
+
+        atexit.register(self._summary)  # runs even when Hydra exits 1 after a failed job
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if hasattr(self, "jobs"):
+            status = job_return.status.name
+            error = ""
+            if status == "FAILED":
+                e = job_return._return_value
+                error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            self.jobs.append((" ".join(job_return.overrides), status, error))
+
+    def _summary(self) -> None:
+        failed = [j for j in self.jobs if j[1] != "COMPLETED"]
+        if not failed:
+            return
+        lines = [f"sweep summary: {len(failed)} of {len(self.jobs)} jobs failed"]
+        lines += [f"  FAILED  {overrides}  ->  {error}" for overrides, _, error in failed]
+        print("\n".join(lines), file=sys.stderr)
 
 
 SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
@@ -104,7 +198,8 @@ def swept_keys(overrides: list[str]) -> list[str]:
 
 
 def flatten_config(cfg: DictConfig, launch_dir: Path) -> dict[str, str]:
-    """The resolved config as flat `group.key` -> string params, without machine paths."""
+    """The resolved config as flat `group.key` -> string params, without machine paths or
+    secrets (see redact.py)."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("hydra", None)
     flat: dict[str, str] = {}
@@ -117,6 +212,7 @@ def flatten_config(cfg: DictConfig, launch_dir: Path) -> dict[str, str]:
             flat[prefix] = _param_value(node, launch_dir)
 
     walk("", container)
+    flat = redact_flat(flat, env_sourced_keys(cfg))
     return {_shorten_key(k): v for k, v in flat.items()}
 
 
@@ -205,6 +301,9 @@ class Run:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
+    def metric_history(self, key: str) -> list:
+        return self.client.get_metric_history(self.run_id, key)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
@@ -214,12 +313,23 @@ class Run:
 
 @contextlib.contextmanager
 def tracked_run(
-    uri: str, experiment_id: str, run_name: str | None, tags: dict[str, str]
+    uri: str,
+    experiment_id: str,
+    run_name: str | None,
+    tags: dict[str, str],
+    resume_run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Create a run; end it FINISHED, or FAILED / KILLED with the traceback logged, re-raising."""
+    """Create (or reopen, to resume) a run; end it FINISHED, or FAILED / KILLED with the
+    traceback logged, re-raising. A normal error never leaves it RUNNING."""
     client = _client(uri)
-    info = client.create_run(experiment_id, run_name=run_name, tags=tags).info
-    run = Run(client, info.run_id)
+    if resume_run_id is None:
+        run = Run(
+            client, client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        )
+    else:
+        client.update_run(resume_run_id, status="RUNNING")
+        run = Run(client, resume_run_id)
+        run.set_tags({**tags, "sweeplab.resumed": "true"})
     try:
         yield run
     except BaseException as e:
@@ -233,14 +343,52 @@ def tracked_run(
     client.set_terminated(run.run_id, status="FINISHED")
 
 
+def process_tags() -> dict[str, str]:
+    """Who runs this job: lets a later launch tell a dead RUNNING run from a live one."""
+    return {"sweeplab.host": socket.gethostname(), "sweeplab.pid": str(os.getpid())}
+
+
+def mark_stale_runs(uri: str, experiment_id: str, config_hash: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this config whose process (on this host) is gone."""
+    client = _client(uri)
+    query = f"tags.`sweeplab.config_hash` = '{config_hash}' and attributes.status = 'RUNNING'"
+    stale = []
+    for run in client.search_runs([experiment_id], query):
+        tags = run.data.tags
+        if tags.get("sweeplab.host") != socket.gethostname() or _alive(tags.get("sweeplab.pid")):
+            continue
+        client.set_tag(run.info.run_id, "sweeplab.stale", "process gone; marked KILLED")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        stale.append(run.info.run_id)
+    return stale
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_config_files(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path]:
-    """Hydra's saved config/overrides of this job, or (outside Hydra) the same files made here."""
+    """The job's config and overrides (Hydra's saved ones if any), secrets redacted, for logging.
+
+    The config stays unresolved, as Hydra saves it: `${oc.env:...}` values are re-read from
+    the environment when the run is re-run, never written down.
+    """
     hydra_dir = output_dir / ".hydra"
-    config, overrides = hydra_dir / "config.yaml", hydra_dir / "overrides.yaml"
-    if not config.is_file():
-        hydra_dir.mkdir(parents=True, exist_ok=True)
-        plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        config.write_text(OmegaConf.to_yaml(plain))
-    if not overrides.is_file():
-        overrides.write_text(OmegaConf.to_yaml(ListConfig([])))
-    return config, overrides
+    if (hydra_dir / "config.yaml").is_file():
+        config = OmegaConf.load(hydra_dir / "config.yaml")
+    else:
+        config = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    overrides_file = hydra_dir / "overrides.yaml"
+    overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else ListConfig([])
+    out = output_dir / ".sweeplab"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(redact_config(config)))
+    clean = ListConfig([redact_override(str(o)) for o in overrides])
+    (out / "overrides.yaml").write_text(OmegaConf.to_yaml(clean))
+    return out / "config.yaml", out / "overrides.yaml"

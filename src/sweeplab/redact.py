@@ -1,0 +1,80 @@
+"""Keep secrets out of MLflow: params, tags and the logged config go through here.
+
+Redacted: values whose key looks like a credential, values that come from `${oc.env:...}`
+(environment variables often carry tokens), and the password part of URIs (`scheme://user:pw@`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+MASK = "***"
+SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.I)
+URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]*:)(?P<pw>[^@/\s]+)(?=@)", re.I)
+
+
+def redact_uri(text: str) -> str:
+    return URI_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+
+
+def env_sourced_keys(cfg: DictConfig) -> set[str]:
+    """Dotted keys whose (unresolved) value reads an environment variable."""
+    found: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for k in keys:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            if full == "hydra":
+                continue
+            child = node._get_node(k)
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
+                walk(child, full)
+            elif "oc.env" in str(child._value()):
+                found.add(full)
+
+    walk(cfg, "")
+    return found
+
+
+def redact_flat(flat: dict[str, str], env_keys: set[str]) -> dict[str, str]:
+    return {
+        k: MASK if (is_secret_key(k) or k in env_keys) else redact_uri(v) for k, v in flat.items()
+    }
+
+
+def redact_override(override: str) -> str:
+    """`+db.password=x` -> `+db.password=***`; credentials in URIs masked."""
+    key, sep, value = override.partition("=")
+    if sep and is_secret_key(key.lstrip("+~")):
+        return f"{key}={MASK}"
+    return redact_uri(override)
+
+
+def redact_config(cfg: DictConfig) -> DictConfig:
+    """A copy for logging: secret keys masked, URIs scrubbed; `${oc.env:...}` stay unresolved."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+
+    def walk(node: Any, prefix: str) -> None:
+        keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+        for k in keys:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            child = node._get_node(k)
+            if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
+                walk(child, full)
+                continue
+            raw = child._value()
+            if isinstance(k, str) and is_secret_key(full) and raw is not None:
+                node[k] = MASK
+            elif isinstance(raw, str) and "oc.env" not in raw:
+                node[k] = redact_uri(raw)
+
+    walk(copy, "")
+    return copy

@@ -1,0 +1,100 @@
+"""Config identity and resume: which run a config is, and where to pick an interrupted one up."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.checkpoint import CheckpointError, load_checkpoint
+from sweeplab.schema import ConfigError
+
+# Keys that say where a run goes, not what it computes.
+NON_SEMANTIC = ("hydra", "output_dir", "tracking", "optimized_metric")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable id of what a config computes: the resolved config minus paths and tracking."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in NON_SEMANTIC:
+        data.pop(key, None)
+    data.get("trainer", {}).pop("resume", None)
+    data.get("dataset", {}).pop("root", None)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_resume_state(resume: str, uri: str, output_dir: Path, expected_hash: str) -> dict:
+    """`trainer.resume` (a run id or a last.pt path) -> the checkpoint to continue from.
+
+    Its best.pt is put in `output_dir/checkpoints/` too, so the best model so far survives.
+    """
+    ckpt_dir = output_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    as_path = Path(resume)
+    if as_path.suffix in (".pt", ".pth") or as_path.exists():
+        state = load_checkpoint(as_path)
+        best = as_path.parent / "best.pt"
+        if best.is_file() and best.resolve() != (ckpt_dir / "best.pt").resolve():
+            shutil.copy2(best, ckpt_dir / "best.pt")
+    else:
+        state = _download_from_run(resume, uri, output_dir)
+    if not {"mlflow_run_id", "config_hash", "epoch", "optimizer"} <= set(state):
+        raise CheckpointError(f"trainer.resume={resume}: not a sweeplab last.pt checkpoint")
+    if state["config_hash"] != expected_hash:
+        raise ConfigError(
+            f"trainer.resume={resume}: the checkpoint was made by a different config "
+            f"(hash {state['config_hash']}, this one {expected_hash}); resume with the original "
+            "overrides (the run's tag sweeplab.overrides) plus trainer.resume"
+        )
+    return state
+
+
+def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    from sweeplab.tracking import _client
+
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(
+            f"trainer.resume={run_id}: no such run in {uri} (and no such checkpoint file)"
+        ) from None
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"trainer.resume={run_id}: that run already FINISHED; nothing to resume")
+    try:
+        path = client.download_artifacts(run_id, "checkpoints/last.pt", str(output_dir))
+    except (MlflowException, OSError):
+        raise CheckpointError(
+            f"trainer.resume={run_id}: the run has no checkpoints/last.pt (it stopped before "
+            "finishing its first epoch); start it again instead"
+        ) from None
+    with contextlib.suppress(MlflowException, OSError):  # no best.pt yet is fine
+        client.download_artifacts(run_id, "checkpoints/best.pt", str(output_dir))
+    return load_checkpoint(path)
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """SIGTERM raises SystemExit(143), so the run is closed KILLED instead of vanishing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
