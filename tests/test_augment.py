@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GROUPS, compose_cfg
 
+from conftest import GROUPS, compose_cfg
 from sweeplab import augment
 from sweeplab.runner import build
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import TRAIN_SCRIPT
 
 SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]

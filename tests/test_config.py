@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GROUPS, compose_cfg
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from conftest import GROUPS, compose_cfg
 from sweeplab.data import DatasetError
 from sweeplab.optim import build_optimizer
 from sweeplab.runner import build

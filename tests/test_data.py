@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg
 
+from conftest import compose_cfg
 from sweeplab.data import DatasetError, TensorSplit, split_train_val
 from sweeplab.loop import evaluate
 from sweeplab.runner import build

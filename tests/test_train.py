@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GROUPS
 
+from conftest import GROUPS
 from sweeplab import runner, train
 from sweeplab.checkpoint import load_checkpoint
 from sweeplab.rerun import RerunError, rerun

@@ -1,0 +1,357 @@
+"""No run lost or mislabelled: crashes, signals, kills, NaNs, races, secrets, broken stores.
+
+Real processes and real signals where the scenario needs them, a real sqlite store throughout.
+Numbers in test names follow the scenario list in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TRAIN_SCRIPT
+from sweeplab import runner, train
+from sweeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sweeplab.loop import NonFiniteLossError
+from sweeplab.redact import redact_override, redact_uri
+from sweeplab.tracking import TrackingError, _shorten_key, flatten_config, write_config_files
+
+# A synthetic job that takes a few seconds per epoch: long enough to be interrupted.
+SLOW = ["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=200", "trainer.epochs=4",
+        "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1"]  # fmt: skip
+
+
+def client_for(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> list[str]:
+    """Read the job's output until `needle` appears (the job keeps running)."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"never saw {needle!r}:\n" + "".join(lines[-30:]))
+
+
+def only_run(root: Path, experiment: str = "synthetic"):
+    client = client_for(root)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run
+
+
+# --- 1, 2: stores and races --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_1_eight_parallel_jobs_on_a_fresh_store(tmp_path):
+    procs = [start([*SLOW, "trainer.epochs=1", "dataset.num_train=200", f"trainer.seed={i}"],
+                   tmp_path) for i in range(8)]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-2000:]
+        assert "database is locked" not in out
+    client = client_for(tmp_path / "mlruns")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert client.search_runs(["0"]) == []  # nothing silently in "Default"
+
+
+def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
+    args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "trainer.seed=1,2",
+            "hydra.job.chdir=true", "tracking.root=store",
+            "tracking.uri=sqlite:///store/m.db"]  # fmt: skip
+    proc = start(args, tmp_path)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-2000:]
+    stores = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.db"))
+    assert stores == [Path("store/m.db")]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/store/m.db")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    assert len(runs) == 2
+
+
+# --- 3: an exception inside a job of a sweep ----------------------------------------------------
+
+
+def test_3_failed_job_is_failed_with_traceback_and_the_sweep_goes_on(tmp_path):
+    # alexnet's pooling cannot run on 32x32 images: job 2 crashes inside its first forward pass
+    args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "model=torchvision",
+            "model.name=resnet18,alexnet,mobilenet_v3_small"]  # fmt: skip
+    proc = start(args, tmp_path)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode != 0
+    assert "sweep summary: 1 of 3 jobs failed" in out
+    assert "model.name=alexnet" in out.split("sweep summary")[1]
+    client = client_for(tmp_path / "mlruns")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    status = {r.data.params["model.name"]: r.info.status for r in runs}
+    assert status == {"resnet18": "FINISHED", "alexnet": "FAILED", "mobilenet_v3_small": "FINISHED"}
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    text = Path(client.download_artifacts(failed.info.run_id, "error/traceback.txt")).read_text()
+    assert "Traceback" in text and "size" in text
+
+
+def test_3_in_process_the_next_job_starts_clean(small_cfg, monkeypatch):
+    import mlflow
+
+    def boom(*a, **k):
+        raise RuntimeError("crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "train_epoch", boom)
+        with pytest.raises(RuntimeError):
+            train(small_cfg())
+    assert mlflow.active_run() is None
+    assert train(small_cfg())["test_acc"] >= 0
+
+
+# --- 4, 5, 7: signals, kills and exact resume ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_4_sigterm_and_ctrl_c_end_the_run_killed(sig, code, tmp_path):
+    proc = start(SLOW, tmp_path)
+    wait_for_line(proc, "epoch 1/4")
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode == code
+    client, run = only_run(tmp_path / "mlruns")
+    assert run.info.status == "KILLED"
+    last = next((tmp_path / "outputs").rglob("last.pt"))
+    assert load_checkpoint(last)["epoch"] >= 1  # intact and loadable
+    assert load_checkpoint(last.parent / "best.pt")["epoch"] >= 1
+
+
+def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    reference = start(SLOW, ref_dir)
+    interrupted = start(SLOW, cut_dir)
+    wait_for_line(interrupted, "epoch 2/4")
+    interrupted.send_signal(signal.SIGKILL)  # nothing can run: no handler, no cleanup
+    interrupted.communicate(timeout=60)
+    assert reference.communicate(timeout=600)[0] and reference.returncode == 0
+    client, cut = only_run(cut_dir / "mlruns")
+    assert cut.info.status == "RUNNING"  # what SIGKILL leaves behind ...
+
+    # 5: a new launch of the same config marks the dead run KILLED
+    relaunch = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *SLOW, "trainer.epochs=1"],
+                              cwd=cut_dir, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert relaunch.returncode == 0, relaunch.stderr[-2000:]
+    # (epochs=1 is another config: the dead run stays untouched by it)
+    assert client.get_run(cut.info.run_id).info.status == "RUNNING"
+    same = start(SLOW, cut_dir)
+    wait_for_line(same, "MLflow run")
+    same.send_signal(signal.SIGKILL)
+    same.communicate(timeout=60)
+    assert client.get_run(cut.info.run_id).info.status == "KILLED"
+
+    # 7: resume the original run from its last.pt: same run, epochs 3-4, bitwise equal
+    resumed = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *SLOW, f"trainer.resume={cut.info.run_id}"],
+        cwd=cut_dir, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, ref = only_run(ref_dir / "mlruns")
+    final = client.get_run(cut.info.run_id)
+    assert final.info.status == "FINISHED" and final.data.tags["sweeplab.resumed"] == "true"
+    ref_client = client_for(ref_dir / "mlruns")
+    for key in ("train_loss", "val_loss", "val_acc", "lr"):
+        a = [(m.step, m.value) for m in ref_client.get_metric_history(ref.info.run_id, key)]
+        b = [(m.step, m.value) for m in client.get_metric_history(cut.info.run_id, key)]
+        assert sorted(a) == sorted(b), key  # same values, each step exactly once
+    assert final.data.metrics["test_acc"] == ref.data.metrics["test_acc"]
+    w_ref = load_checkpoint(next(ref_dir.rglob("last.pt")))["model"]
+    w_cut = load_checkpoint(client.download_artifacts(cut.info.run_id, "checkpoints/last.pt"))
+    w_cut = w_cut["model"]
+    assert all(torch.equal(w_ref[k], w_cut[k]) for k in w_ref)
+
+
+def test_7_resume_refuses_a_checkpoint_of_another_config(small_cfg, tmp_path):
+    first = train(small_cfg("trainer.epochs=1"))
+    last = next(Path(small_cfg().output_dir).rglob("last.pt"))
+    assert load_checkpoint(last)["mlflow_run_id"] == first["run_id"]
+    from sweeplab.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="different config"):
+        train(small_cfg("optimizer.lr=0.5", f"trainer.resume={last}"))
+
+
+# --- 6, 11: checkpoints -------------------------------------------------------------------------
+
+
+def test_6_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    child = f"""
+import os, torch
+from sweeplab import checkpoint
+real_save = torch.save
+def dying_save(obj, f):
+    f.write(b"PK\\x03\\x04 half a zip")
+    f.flush()
+    os._exit(9)  # killed mid-write
+torch.save = dying_save
+checkpoint.save_checkpoint({{"epoch": 2, "w": torch.zeros(3)}}, {str(path)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=120)
+    assert proc.returncode == 9
+    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint survives intact
+
+
+def test_6_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = save_checkpoint({"w": torch.ones(1000)}, tmp_path / "last.pt")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+class NotPlainData:
+    pass
+
+
+def test_11_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": NotPlainData()}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_checkpoint(path)
+
+
+def test_11_every_torch_load_in_the_package_is_weights_only():
+    src = Path(__file__).resolve().parents[1] / "src"
+    for file in src.rglob("*.py"):
+        for line in file.read_text().splitlines():
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{file}: {line.strip()}"
+
+
+# --- 8: non-finite loss -------------------------------------------------------------------------
+
+
+def test_8_nan_loss_fails_the_run_within_one_step_and_keeps_best(small_cfg, client, monkeypatch):
+    calls = {"n": 0}
+    real_build = runner.build
+
+    class PoisonAfter(torch.nn.Module):
+        """Wraps the model; from the 12th training forward on, outputs NaN."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            if self.training:
+                calls["n"] += 1
+                if calls["n"] >= 12:
+                    return out * float("nan")
+            return out
+
+    def build(node, **kw):
+        obj = real_build(node, **kw)
+        return PoisonAfter(obj) if "models" in str(node.get("_target_")) else obj
+
+    monkeypatch.setattr(runner, "build", build)
+    cfg = small_cfg("trainer.epochs=3")  # 9 steps per epoch: NaN at epoch 2, step 3
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 3.*lower optimizer.lr"):
+        train(cfg)
+    assert calls["n"] == 12  # stopped at the first bad step
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    best = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in best["model"].values() if v.is_floating_point())
+
+
+# --- 9, 10: params and secrets ------------------------------------------------------------------
+
+
+def test_9_long_values_are_truncated_and_long_keys_shortened(small_cfg, client):
+    long_name = "x" * 7000
+    cfg = small_cfg(f"tracking.run_name={long_name}")
+    flat = flatten_config(cfg, Path.cwd())
+    assert len(flat["tracking.run_name"]) == 6000
+    assert flat["tracking.run_name"].endswith("...[truncated]")
+    result = train(cfg)  # logging it does not crash
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    key = "a." * 200
+    short = _shorten_key(key)
+    assert len(short) <= 250 and short == _shorten_key(key) and short != _shorten_key(key + "b")
+
+
+def test_10_secrets_never_reach_params_tags_or_the_config_artifact(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPLAB_TEST_TOKEN", "hunter2")
+    cfg = OmegaConf.create({
+        "db": {"password": "pw-in-yaml", "host": "h"},
+        "api": {"key_from_env": "${oc.env:SWEEPLAB_TEST_TOKEN}"},
+        "tracking": {"uri": "http://alice:s3cret@mlflow.example:5000"},
+        "auth_token": "tok-123",
+    })  # fmt: skip
+    flat = flatten_config(cfg, tmp_path)
+    text = str(flat)
+    for secret in ("pw-in-yaml", "hunter2", "s3cret", "tok-123"):
+        assert secret not in text
+    assert flat["tracking.uri"] == "http://alice:***@mlflow.example:5000"
+    assert flat["db.host"] == "h"
+    config_file, overrides_file = write_config_files(cfg, tmp_path)
+    logged = config_file.read_text()
+    assert "pw-in-yaml" not in logged and "s3cret" not in logged and "tok-123" not in logged
+    assert "${oc.env:SWEEPLAB_TEST_TOKEN}" in logged  # re-read on rerun, never written down
+    assert redact_override("+db.password=pw") == "+db.password=***"
+    assert redact_uri("postgresql://u:p@db/x") == "postgresql://u:***@db/x"
+
+
+# --- 12, 13: unusable stores --------------------------------------------------------------------
+
+
+def test_12_unreachable_tracking_server_fails_before_training(small_cfg, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    started = []
+    monkeypatch.setattr(runner, "train_epoch", lambda *a, **k: started.append(1))
+    with pytest.raises(TrackingError, match=f"http://127.0.0.1:{port} is unreachable"):
+        train(small_cfg(f"tracking.uri=http://127.0.0.1:{port}"))
+    assert started == []
+
+
+@pytest.mark.parametrize("which", ["tracking.root", "output_dir"])
+def test_13_unwritable_store_or_output_dir_fails_before_training(which, small_cfg, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TrackingError, match=f"{which}=.*not writable"):
+        train(small_cfg(f"{which}={blocker / 'sub'}"))
+    if os.geteuid() != 0:  # permission bits do not stop root
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(TrackingError, match="not writable"):
+            train(small_cfg(f"{which}={ro}"))
