@@ -199,13 +199,19 @@ def _read_torchvision(name: str, root: str, download: bool, train: bool):
     try:
         ds = cls(root=root, train=train, download=download)
     except Exception as e:  # urllib/HTTP errors, "Dataset not found", corrupt archives, ...
+        cause = f"{type(e).__name__}: {e}".splitlines()[0]
+        if expected.is_dir() and any(expected.iterdir()):
+            raise DatasetError(
+                f"{name}: the files under {expected} could not be read (truncated or corrupt? "
+                f"{cause}). Delete them and download again, or replace them."
+            ) from None
         how = (
             "the download failed (offline?)"
             if download
             else "download is off (dataset.download=false)"
         )
         raise DatasetError(
-            f"{name} is not available under {expected} and {how}: {type(e).__name__}: {e}. "
+            f"{name} is not available under {expected} and {how}: {cause}. "
             "Put the files there, point SWEEPLAB_DATA_DIR (or dataset.root) at their parent, "
             "or run once on a networked machine with dataset.download=true."
         ) from None
