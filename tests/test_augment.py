@@ -74,3 +74,17 @@ def test_normalize_uses_dataset_statistics():
     norm = augment.Normalize([0.5], [0.25], torch.device("cpu"))
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
     assert norm(x).flatten().tolist() == pytest.approx([-2.0, 2.0])
+
+
+def test_crop_with_flip_is_a_mirrored_or_plain_window():
+    x = _batch(n=100, size=8)
+    out = augment.random_crop(x, 2, torch.Generator().manual_seed(0), hflip_p=0.5)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    mirrored = 0
+    for o, p in zip(out, padded, strict=True):
+        windows = [p[:, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(o, w) for w in windows)
+        flipped = any(torch.equal(o, w.flip(2)) for w in windows)
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 25 < mirrored < 75

@@ -48,16 +48,22 @@ def random_flip(x: torch.Tensor, p: float, dim: int, g) -> torch.Tensor:
     return torch.where(mask, x.flip(dim), x)
 
 
-def random_crop(x: torch.Tensor, padding: int, g) -> torch.Tensor:
-    """Zero-pad by `padding` and take a random H×W crop per image (two gathers, no loop)."""
+def random_crop(x: torch.Tensor, padding: int, g, hflip_p: float = 0.0) -> torch.Tensor:
+    """Zero-pad by `padding`, take a random H×W window per image, and mirror it with
+    probability `hflip_p` -- all in one gather over the flattened images (no Python loop;
+    5x faster than a gather per axis on CPU, see docs/benchmarks.md)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    out = padded.gather(2, rows.expand(n, c, h, w + 2 * padding))
-    return out.gather(3, cols.expand(n, c, h, w))
+    dev = x.device
+    padded = F.pad(x, (padding,) * 4) if padding else x
+    width = w + 2 * padding
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=dev)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if hflip_p > 0:
+        cols = torch.where(_chance(n, hflip_p, g, dev)[:, None], cols.flip(1), cols)
+    rows = torch.arange(h, device=dev)[None, :] + dy[:, None]
+    index = (rows[:, :, None] * width + (cols + dx[:, None])[:, None, :]).view(n, 1, h * w)
+    return padded.flatten(2).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -87,9 +93,7 @@ def none() -> Augment:
 
 def standard(padding: int = 4, hflip_p: float = 0.5) -> Augment:
     def aug(x, g=None):
-        if padding > 0:
-            x = random_crop(x, padding, g)
-        return random_flip(x, hflip_p, 3, g)
+        return random_crop(x, padding, g, hflip_p)
 
     return aug
 

@@ -1,0 +1,187 @@
+"""sweeplab's training loop against two baselines, side by side in one process (CPU or GPU).
+
+    python benchmarks/loop_speed.py [--images 5000] [--rounds 2] [--threads 2]
+
+Data: synthetic uint8 32x32x3 images, 10 classes (CIFAR-shaped; runs offline).
+Model: simple_cnn, SGD(lr=0.001, momentum=0.9), batch 128, CPU.
+
+1. tutorial: the classic CIFAR tutorial loop: a Dataset of PIL images with per-image
+   RandomHorizontalFlip, RandomVerticalFlip, RandomRotation(10), ToTensor, Normalize through a
+   DataLoader(num_workers=2) -- against sweeplab's train_epoch with `augmentation=seed_tutorial`
+   (the same three augmentations, batched on tensors). Figure: epoch time ratio.
+2. bare: a minimal loop over the same pre-loaded tensors (slice, normalise, step; no
+   augmentation, tracking or progress) -- against train_epoch with `augmentation=none`.
+   Figure: images/s ratio.
+3. augmentation throughput: each option on uint8 batches of 512, and the share of a simple_cnn
+   training step spent on data (augment + normalise).
+Rounds alternate between contenders; each figure is the best round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from sweeplab import augment as aug
+from sweeplab.data import TensorSplit
+from sweeplab.loop import train_epoch
+from sweeplab.models import simple_cnn
+from sweeplab.optim import constant_lr
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+CPU = torch.device("cpu")
+
+
+def make_data(n: int) -> TensorSplit:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return TensorSplit(images, torch.randint(0, 10, (n,), generator=g))
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    model = simple_cnn(3, 10)
+    return model, torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+
+def tutorial_epoch(split: TensorSplit, batch: int, workers: int) -> float:
+    from PIL import Image
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(),
+        transforms.RandomRotation(10), transforms.ToTensor(), transforms.Normalize(MEAN, STD),
+    ])  # fmt: skip
+    hwc = split.images.permute(0, 2, 3, 1).numpy()
+    labels = split.labels.tolist()
+
+    class PilDataset(torch.utils.data.Dataset):  # what torchvision.datasets.CIFAR10 does
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(np.ascontiguousarray(hwc[i]))), labels[i]
+
+    loader = torch.utils.data.DataLoader(
+        PilDataset(), batch_size=batch, shuffle=True, num_workers=workers
+    )
+    model, opt = fresh_model()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    start = time.perf_counter()
+    for x, y in loader:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def sweeplab_epoch(split: TensorSplit, batch: int, option) -> tuple[float, float]:
+    model, opt = fresh_model()
+    stats = train_epoch(
+        model, split.batches(batch, True, torch.Generator().manual_seed(0), drop_last=True),
+        optimizer=opt, scheduler=constant_lr(opt, 1, 1), loss_fn=torch.nn.CrossEntropyLoss(),
+        augment=option, normalize=aug.Normalize(MEAN, STD, CPU),
+        generator=torch.Generator().manual_seed(1), device=CPU,
+    )  # fmt: skip
+    return stats["epoch_time_s"], stats["train_images_per_s"]
+
+
+def bare_epoch(split: TensorSplit, batch: int) -> float:
+    model, opt = fresh_model()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    n = len(split) // batch * batch
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+    model.train()
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        idx = order[i : i + batch]
+        x = (split.images[idx].float() / 255 - mean) / std
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), split.labels[idx]).backward()
+        opt.step()
+    return n / (time.perf_counter() - start)
+
+
+def augmentation_throughput(batch: int, repeats: int) -> dict[str, float]:
+    x = make_data(batch).images
+    g = torch.Generator().manual_seed(0)
+    options = {
+        "none": aug.none(), "standard": aug.standard(), "seed_tutorial": aug.seed_tutorial(),
+        "randaugment": aug.randaugment(), "trivialaugment": aug.trivialaugment(),
+    }  # fmt: skip
+    out = {}
+    for name, fn in options.items():
+        fn(x, g)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(x, g)
+        out[name] = batch * repeats / (time.perf_counter() - start)
+    return out
+
+
+def data_share_of_step(batch: int, repeats: int) -> float:
+    """(augment standard + normalise) time / (that + forward/backward/step) for simple_cnn."""
+    x = make_data(batch).images
+    y = torch.randint(0, 10, (batch,))
+    g = torch.Generator().manual_seed(0)
+    standard, norm = aug.standard(), aug.Normalize(MEAN, STD, CPU)
+    model, opt = fresh_model()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    data_t = step_t = 0.0
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        xb = norm(standard(x, g))
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(xb), y).backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if i:  # first iteration is warm-up
+            data_t += t1 - t0
+            step_t += t2 - t1
+    return data_t / (data_t + step_t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    split = make_data(args.images)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.images} images, "
+          f"batch {args.batch}")  # fmt: skip
+
+    tut, ours = float("inf"), float("inf")
+    for _ in range(args.rounds):
+        tut = min(tut, tutorial_epoch(split, args.batch, args.workers))
+        ours = min(ours, sweeplab_epoch(split, args.batch, aug.seed_tutorial())[0])
+    print(f"1. flip+vflip+rotation epoch: tutorial {tut:.2f}s, sweeplab {ours:.2f}s, "
+          f"ratio {ours / tut:.2f}x")  # fmt: skip
+
+    bare, loop = 0.0, 0.0
+    for _ in range(args.rounds):
+        bare = max(bare, bare_epoch(split, args.batch))
+        loop = max(loop, sweeplab_epoch(split, args.batch, aug.none())[1])
+    print(f"2. no augmentation: bare loop {bare:.0f} img/s, sweeplab {loop:.0f} img/s, "
+          f"ratio {loop / bare:.3f}x")  # fmt: skip
+
+    rates = augmentation_throughput(512, 20)
+    print("3. augmentation, uint8 32x32x3 batches of 512: " + ", ".join(
+        f"{k} {v / 1000:.0f}k img/s" for k, v in rates.items()))  # fmt: skip
+    share = data_share_of_step(args.batch, 20)
+    print(f"   data (standard augment + normalise) = {100 * share:.1f}% of a simple_cnn step")
+
+
+if __name__ == "__main__":
+    main()
