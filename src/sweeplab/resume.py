@@ -17,7 +17,7 @@ from sweeplab.checkpoint import CheckpointError, load_checkpoint
 from sweeplab.schema import ConfigError
 
 # Keys that say where a run goes, not what it computes.
-NON_SEMANTIC = ("hydra", "output_dir", "tracking", "optimized_metric")
+NON_SEMANTIC = ("hydra", "output_dir", "tracking", "optimized_metric", "sweep")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -71,6 +71,7 @@ def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any
         ) from None
     if run.info.status == "FINISHED":
         raise ConfigError(f"trainer.resume={run_id}: that run already FINISHED; nothing to resume")
+    ckpt_dir = output_dir / "checkpoints"
     try:
         path = client.download_artifacts(run_id, "checkpoints/last.pt", str(output_dir))
     except (MlflowException, OSError):
@@ -78,8 +79,14 @@ def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any
             f"trainer.resume={run_id}: the run has no checkpoints/last.pt (it stopped before "
             "finishing its first epoch); start it again instead"
         ) from None
-    with contextlib.suppress(MlflowException, OSError):  # no best.pt yet is fine
-        client.download_artifacts(run_id, "checkpoints/best.pt", str(output_dir))
+    try:  # the best model so far: needed if no later epoch beats it
+        best = client.download_artifacts(run_id, "checkpoints/best.pt", str(output_dir))
+    except (MlflowException, OSError):
+        raise CheckpointError(
+            f"trainer.resume={run_id}: the run has no checkpoints/best.pt"
+        ) from None
+    if Path(best).resolve() != (ckpt_dir / "best.pt").resolve():
+        shutil.move(best, ckpt_dir / "best.pt")
     return load_checkpoint(path)
 
 

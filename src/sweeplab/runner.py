@@ -33,6 +33,7 @@ from sweeplab.optim import build_optimizer
 from sweeplab.redact import redact_override
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
+from sweeplab.sweep import plan_job
 
 log = logging.getLogger("sweeplab")
 
@@ -89,7 +90,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tracking.ensure_writable(output_dir, "output_dir")
     uri = cfg.tracking.uri
     chash = config_hash(cfg)
-    resumed = load_resume_state(tc.resume, uri, output_dir, chash) if tc.resume else None
+    resume_from = tc.resume
+    if not resume_from and (_in_multirun() or cfg.sweep.dry_run):
+        experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
+        plan = plan_job(uri, experiment_id, chash, cfg.sweep.rerun_finished)
+        if cfg.sweep.dry_run:
+            log.info("dry run: this job would %s", plan.describe())
+            return {"planned": plan.action, "run_id": plan.run_id, "history": [],
+                    cfg.optimized_metric: float("nan")}  # fmt: skip
+        if plan.action == "skip":
+            log.info(
+                "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
+                "train it again)", plan.run_id,
+            )  # fmt: skip
+            return {**plan.metrics, "run_id": plan.run_id, "history": [], "skipped": True}
+        if plan.action == "resume":
+            log.info("resuming interrupted run %s of this config", plan.run_id)
+            resume_from = plan.run_id
+    resumed = load_resume_state(resume_from, uri, output_dir, chash) if resume_from else None
 
     data = build(cfg.dataset, device=device, seed=tc.seed)
     model = build(cfg.model).to(device)
@@ -240,6 +258,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _epoch_metrics(row: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k != "epoch"}
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    return mode is not None and mode.name == "MULTIRUN"
 
 
 def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc: float) -> dict:

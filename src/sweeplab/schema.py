@@ -60,6 +60,12 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    rerun_finished: bool = False
+    dry_run: bool = False
+
+
+@dataclass
 class TrainConfig:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -68,6 +74,7 @@ class TrainConfig:
     augmentation: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = MISSING
     optimized_metric: str = "best_val_acc"
 
