@@ -33,7 +33,7 @@ from sweeplab.optim import build_optimizer
 from sweeplab.redact import redact_override
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
-from sweeplab.sweep import plan_job
+from sweeplab.sweep import SWEPT_KEYS_ENV, plan_job
 
 log = logging.getLogger("sweeplab")
 
@@ -296,7 +296,7 @@ def _job_info(cfg: DictConfig) -> dict[str, Any]:
         tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
     # Paths and tracking settings say where a run went, not what it was: keep them out of names.
     semantic = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "output_dir"))]
-    swept = os.environ.get(tracking.SWEPT_KEYS_ENV, "").split(",")
+    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
     if tags.get("hydra.sweep_dir") and any(swept):
         semantic = [o for o in semantic if o.split("=", 1)[0] in swept] or semantic
     tags["sweeplab.overrides"] = " ".join(overrides)
