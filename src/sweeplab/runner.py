@@ -90,8 +90,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tracking.ensure_writable(output_dir, "output_dir")
     uri = cfg.tracking.uri
     chash = config_hash(cfg)
-    resume_from = tc.resume
-    if not resume_from and (_in_multirun() or cfg.sweep.dry_run):
+    resume_from, experiment_id = tc.resume, None
+    planned = not resume_from and (_in_multirun() or cfg.sweep.dry_run)
+    if planned:  # plan_job also ends this config's dead RUNNING runs
         experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
         plan = plan_job(uri, experiment_id, chash, cfg.sweep.rerun_finished)
         if cfg.sweep.dry_run:
@@ -137,8 +138,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
     job = _job_info(cfg)
-    experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
-    if resumed is None:
+    if experiment_id is None:
+        experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
+    if resumed is None and not planned:
         for stale in tracking.mark_stale_runs(uri, experiment_id, chash):
             log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
     log.info(

@@ -37,7 +37,8 @@ class Plan:
 
 
 def plan_job(uri: str, experiment_id: str, config_hash: str, rerun_finished: bool) -> Plan:
-    tracking.mark_stale_runs(uri, experiment_id, config_hash)
+    for stale in tracking.mark_stale_runs(uri, experiment_id, config_hash):
+        log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
     client = tracking._client(uri)
     runs = client.search_runs(
         [experiment_id],
