@@ -27,22 +27,24 @@ def default_tracking_uri() -> str:
     return uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
 
 
-def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> Path:
+def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, str]:
+    """Download the run's logged config into `dest`; returns (its path, the run's name)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.get_run(run_id)
+        source = client.get_run(run_id)
     except MlflowException:
         raise RerunError(f"no run {run_id!r} in the tracking store {tracking_uri}") from None
     try:
-        return Path(client.download_artifacts(run_id, "hydra/config.yaml", str(dest)))
+        path = Path(client.download_artifacts(run_id, "hydra/config.yaml", str(dest)))
     except (MlflowException, OSError):
         raise RerunError(
             f"run {run_id} has no hydra/config.yaml artifact, so it cannot be re-run "
             "(was it logged by sweeplab?)"
         ) from None
+    return path, source.info.run_name
 
 
 def rerun(
@@ -53,7 +55,6 @@ def rerun(
 ) -> dict[str, Any]:
     """Train the logged config of `run_id` again; returns the new run's metrics."""
     from hydra import compose, initialize_config_dir
-    from mlflow import MlflowClient
 
     import sweeplab
 
@@ -61,12 +62,11 @@ def rerun(
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
     with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:
-        config = fetch_config(run_id, uri, Path(tmp))
+        config, source_name = fetch_config(run_id, uri, Path(tmp))
         fixed = [f"output_dir={out}", f"tracking.source_run_id={run_id}"]
         with initialize_config_dir(str(config.parent), version_base="1.3"):
             cfg = compose(config.stem, overrides=[*fixed, *overrides])
-        source = MlflowClient(tracking_uri=uri).get_run(run_id).info.run_name
-        cfg.tracking.run_name = f"{source} (rerun)"
+        cfg.tracking.run_name = f"{source_name} (rerun)"
     return sweeplab.train(cfg)
 
 

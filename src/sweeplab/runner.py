@@ -242,9 +242,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 **per_class_metrics(confusion, data.classes),
             }
             run.log_metrics(final, step=best_epoch)
-            plots = output_dir / "plots"
-            plots.mkdir(parents=True, exist_ok=True)
-            confusion_png = plot_confusion(confusion, data.classes, plots / "confusion_matrix.png")
+            confusion_png = plot_confusion(
+                confusion, data.classes, output_dir / "plots" / "confusion_matrix.png"
+            )
             run.log_artifact(confusion_png, "plots")
             log.info(
                 "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
@@ -252,9 +252,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )  # fmt: skip
         finally:  # whatever happened, keep the curves of what was learned
             if history:
-                plots = output_dir / "plots"
-                plots.mkdir(parents=True, exist_ok=True)
-                run.log_artifact(plot_curves(history, plots / "curves.png"), "plots")
+                curves = plot_curves(history, output_dir / "plots" / "curves.png")
+                run.log_artifact(curves, "plots")
     return {**final, "run_id": run.run_id, "history": history}
 
 
