@@ -98,3 +98,9 @@ def image_folder(tmp_path, data_dir) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         torchvision.io.write_png(image[None], str(folder / f"{counts[(split, label)]}.png"))
     return root
+
+
+def job_runs(client, experiment_id: str, query: str = "") -> list:
+    """The runs of jobs in an experiment: a sweep's parent run (tag sweeplab.role) left out."""
+    runs = client.search_runs([experiment_id], query)
+    return [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TRAIN_SCRIPT
+from conftest import TRAIN_SCRIPT, job_runs
 
 SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]
 
@@ -40,7 +40,7 @@ def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_swee
     experiments = [e.name for e in client.search_experiments()]
     assert "mnist" in experiments
     exp = client.get_experiment_by_name("mnist")
-    runs = client.search_runs([exp.experiment_id])
+    runs = job_runs(client, exp.experiment_id)
     assert len(runs) == 4
     assert {r.info.status for r in runs} == {"FINISHED"}
     combos = {(r.data.params["model._target_"], r.data.params["optimizer._target_"]) for r in runs}

@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TRAIN_SCRIPT
+from conftest import TRAIN_SCRIPT, job_runs
 from sweeplab import runner, train
 from sweeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sweeplab.loop import NonFiniteLossError
@@ -91,7 +91,7 @@ def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/store/m.db")
-    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
     assert len(runs) == 2
 
 
@@ -108,7 +108,7 @@ def test_3_failed_job_is_failed_with_traceback_and_the_sweep_goes_on(tmp_path):
     assert "sweep summary: 1 of 3 jobs failed" in out
     assert "model.name=alexnet" in out.split("sweep summary")[1]
     client = client_for(tmp_path / "mlruns")
-    runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
+    runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
     status = {r.data.params["model.name"]: r.info.status for r in runs}
     assert status == {"resnet18": "FINISHED", "alexnet": "FAILED", "mobilenet_v3_small": "FINISHED"}
     failed = next(r for r in runs if r.info.status == "FAILED")

@@ -9,7 +9,7 @@ import sys
 import pytest
 from test_reliability import SLOW, client_for, start, wait_for_line
 
-from conftest import TRAIN_SCRIPT
+from conftest import TRAIN_SCRIPT, job_runs
 
 SWEEP = ["-m", *SLOW, "trainer.epochs=3", "dataset.num_train=600", "trainer.seed=1,2,3,4"]
 
@@ -17,7 +17,7 @@ SWEEP = ["-m", *SLOW, "trainer.epochs=3", "dataset.num_train=600", "trainer.seed
 def finals(root):
     client = client_for(root)
     exp = client.get_experiment_by_name("synthetic")
-    runs = client.search_runs([exp.experiment_id])
+    runs = job_runs(client, exp.experiment_id)
     return client, {r.data.params["trainer.seed"]: r for r in runs}
 
 

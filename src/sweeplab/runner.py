@@ -33,7 +33,7 @@ from sweeplab.optim import build_optimizer
 from sweeplab.redact import redact_override
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
-from sweeplab.sweep import SWEPT_KEYS_ENV, plan_job
+from sweeplab.sweep import SWEPT_KEYS_ENV, job_placement, job_tags, plan_job
 
 log = logging.getLogger("sweeplab")
 
@@ -83,8 +83,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(tc.device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    place = job_placement()  # parallel sweep jobs split the cores and GPUs between them
+    if device.type == "cuda" and device.index is None and place.gpu is not None:
+        device = torch.device("cuda", place.gpu)
+    threads = tc.num_threads or place.threads
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(tc.seed, tc.deterministic)
     output_dir = Path(cfg.output_dir)
     tracking.ensure_writable(output_dir, "output_dir")
@@ -100,6 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return {"planned": plan.action, "run_id": plan.run_id, "history": [],
                     cfg.optimized_metric: float("nan")}  # fmt: skip
         if plan.action == "skip":
+            for key, value in job_tags(run_is_new=False).items():  # counted in this sweep too
+                tracking._client(uri).set_tag(plan.run_id, key, value)
             log.info(
                 "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
                 "train it again)", plan.run_id,
@@ -162,8 +168,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_acc, best_epoch = resumed["best_acc"], resumed["best_epoch"]
         start_epoch = resumed["epoch"] + 1
         log.info("resuming run %s after epoch %d", resumed["mlflow_run_id"], resumed["epoch"])
-    tags = {**job["tags"], **tracking.process_tags(), "sweeplab.config_hash": chash}
     resume_id = resumed["mlflow_run_id"] if resumed else None
+    tags = {**job["tags"], **tracking.process_tags(), "sweeplab.config_hash": chash,
+            "sweeplab.threads": str(torch.get_num_threads()), "sweeplab.device": str(device),
+            **job_tags(run_is_new=resume_id is None)}  # fmt: skip
 
     with (
         sigterm_exits(),

@@ -1,4 +1,5 @@
-"""Sweeps: the Hydra callback that prepares a sweep, and what a job of a re-launched sweep does.
+"""Sweeps: the Hydra callback around a sweep (store, parent run, report), where each job runs
+(threads, GPU), and what a job of a re-launched sweep does.
 
 Each run carries a `sweeplab.config_hash` tag (resume.config_hash). When a sweep is launched
 again, every job looks up the runs of its own configuration in the experiment:
@@ -10,8 +11,11 @@ again, every job looks up the runs of its own configuration in the experiment:
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +25,7 @@ from omegaconf import DictConfig
 
 from sweeplab import tracking
 from sweeplab.errors import SweeplabError
+from sweeplab.redact import redact_override
 from sweeplab.schema import abspath
 
 log = logging.getLogger("sweeplab")
@@ -62,23 +67,122 @@ def _has_last_checkpoint(client, run) -> bool:
     return "checkpoints/last.pt" in names
 
 
+# --- where a job runs: threads and GPU -----------------------------------------------------
+
+
+@dataclass
+class Placement:
+    threads: int | None  # torch.set_num_threads; None = leave torch's default
+    gpu: int | None  # CUDA index for device auto/cuda; None = the default device
+    parallel: int  # jobs of this sweep sharing this machine
+
+
+def concurrent_jobs(launcher: dict, cores: int) -> int:
+    """How many jobs of the sweep run at once on this machine, from the launcher's config."""
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n = int(launcher.get("n_jobs") or -1)
+        return max(1, n if n > 0 else cores + 1 + n)  # joblib: -1 = all cores, -2 = all but one
+    if target.endswith("LocalLauncher") and launcher.get("cpus_per_task"):
+        return max(1, cores // int(launcher["cpus_per_task"]))
+    return 1  # basic launcher (one job at a time) or a cluster job with its own allocation
+
+
+def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.environ) -> Placement:
+    """Split this machine between the jobs that share it: cores // k threads each (so k jobs
+    do not fight over cores), and job i on GPU i mod n_gpus (k jobs per GPU allowed)."""
+    if env.get("SLURM_CPUS_PER_TASK"):  # a SLURM allocation: use what it granted, no more
+        return Placement(int(env["SLURM_CPUS_PER_TASK"]), None, 1)
+    k = concurrent_jobs(launcher, cores)
+    if k == 1:
+        return Placement(None, None, 1)
+    gpu = job_num % n_gpus if n_gpus > 1 else None
+    return Placement(max(1, cores // k), gpu, k)
+
+
+def job_placement() -> Placement:
+    """`placement` for the running Hydra job (a no-op outside a parallel sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+        return Placement(None, None, 1)
+    import torch
+
+    hc = HydraConfig.get()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return placement(dict(hc.launcher), int(hc.job.num), cores or 1, n_gpus)
+
+
+# --- the parent run of a sweep ------------------------------------------------------------
+
+# Jobs find their sweep through the environment, which joblib / submitit workers inherit.
+SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
+PARENT_ENV = "SWEEPLAB_PARENT_RUN_ID"
+SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
+ROLE_TAG = "sweeplab.role"  # "sweep" on parent runs; jobs do not carry it
+
+
+def member_tag(sweep_id: str) -> str:
+    """Tag put on every run a sweep counts, including runs it skipped because an earlier
+    sweep had FINISHED them (a run has one MLflow parent but may belong to several sweeps)."""
+    return f"sweeplab.in_sweep.{sweep_id}"
+
+
+def sweep_id(config: DictConfig) -> str:
+    """Same command (what it sweeps and sets) in the same experiment -> same id, so launching
+    a sweep again continues its parent run instead of starting another one."""
+    ignored = ("tracking.", "sweep.", "hydra.", "output_dir")
+    task = sorted(o for o in config.hydra.overrides.task if not o.lstrip("+~").startswith(ignored))
+    params = config.hydra.sweeper.get("params") or {}
+    text = repr((task, sorted((str(k), str(v)) for k, v in params.items())))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def job_tags(run_is_new: bool) -> dict[str, str]:
+    """Tags that tie a job's run to its sweep (empty outside a sweep)."""
+    parent, sid = os.environ.get(PARENT_ENV), os.environ.get(SWEEP_ID_ENV)
+    if not parent or not sid:
+        return {}
+    tags = {member_tag(sid): "true"}
+    if run_is_new:  # resumed / skipped runs keep the parent they were created under
+        tags.update({"mlflow.parentRunId": parent, "sweeplab.sweep_id": sid})
+    return tags
+
+
+def open_parent(uri: str, experiment_id: str, sid: str, name: str, tags: dict) -> str:
+    """The sweep's parent run: created on first launch, reopened (RUNNING) on a re-launch."""
+    client = tracking._client(uri)
+    query = f"tags.`sweeplab.sweep_id` = '{sid}' and tags.`{ROLE_TAG}` = 'sweep'"
+    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+    tags = {**tags, ROLE_TAG: "sweep", "sweeplab.sweep_id": sid, **tracking.process_tags()}
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        launches = int(found[0].data.tags.get("sweeplab.launches", "1")) + 1
+        tracking.Run(client, run_id).set_tags({**tags, "sweeplab.launches": str(launches)})
+        return run_id
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
 # --- Hydra callback: once per run or sweep, in the launching process ----------------------
 
 
 class PrepareStoreCallback(Callback):
-    """Hydra callback: set up store and experiment once, before any job of a run or sweep.
+    """Hydra callback: set up store and experiment once, before any job of a run or sweep; for
+    a sweep also its parent run, and the report when the sweep ends (even if jobs failed).
 
     The config is validated first, so bad input ends with one message and creates nothing.
     """
 
-    def _prepare(self, config: DictConfig, output_dir: str) -> None:
+    def _prepare(self, config: DictConfig, output_dir: str) -> str:
         from sweeplab.schema import validate
 
         try:
             validate(config)
             tracking.ensure_writable(abspath(output_dir), "hydra output dir")
             t = config.tracking
-            tracking.prepare_store(t.uri, t.root, t.experiment)
+            return tracking.prepare_store(t.uri, t.root, t.experiment)
         except SweeplabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -87,16 +191,40 @@ class PrepareStoreCallback(Callback):
         self._prepare(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config, config.hydra.sweep.dir)
+        experiment_id = self._prepare(config, config.hydra.sweep.dir)
         self.jobs: list[tuple[str, str, str]] = []
+        keys = swept_keys(list(config.hydra.overrides.task))
+        keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         # Jobs name their runs after the swept keys only; workers inherit the environment.
-        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task)))
-        import atexit
+        os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
+        if config.sweep.dry_run:
+            return
+        sid = sweep_id(config)
+        command = " ".join(["python", *(shlex.quote(redact_override(a)) for a in sys.argv)])
+        command = tracking.relativize_paths(command, abspath("."))
+        tags = {
+            "sweeplab.command": command,
+            "sweeplab.swept": ",".join(keys),
+            "hydra.sweep_dir": tracking.relativize_paths(
+                abspath(config.hydra.sweep.dir), abspath(".")
+            ),
+            "hydra.sweeper": str(config.hydra.sweeper.get("_target_")).rsplit(".", 1)[-1],
+            "hydra.launcher": str(config.hydra.launcher.get("_target_")).rsplit(".", 1)[-1],
+        }
+        name = "sweep " + (" ".join(o for o in config.hydra.overrides.task if "," in o) or sid)
+        uri = config.tracking.uri
+        self.parent = (uri, experiment_id, sid, open_parent(uri, experiment_id, sid, name, tags))
+        self.sweep_dir = abspath(config.hydra.sweep.dir)
+        os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = self.parent[3], sid
+        log.info("sweep %s: parent run %s", sid, self.parent[3])
+        # Hydra skips on_multirun_end when a job failed: atexit runs in every case but SIGKILL.
+        atexit.register(self._finish)
 
-        atexit.register(self._summary)  # runs even when Hydra exits 1 after a failed job
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if hasattr(self, "jobs"):
+        if hasattr(self, "jobs"):  # in-process launchers only; workers report via MLflow
             status = job_return.status.name
             error = ""
             if status == "FAILED":
@@ -104,16 +232,32 @@ class PrepareStoreCallback(Callback):
                 error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             self.jobs.append((" ".join(job_return.overrides), status, error))
 
-    def _summary(self) -> None:
-        failed = [j for j in self.jobs if j[1] != "COMPLETED"]
-        if not failed:
+    def _finish(self) -> None:
+        """Report, failed-job summary and parent status; once, whichever hook comes first."""
+        if getattr(self, "finished", False) or not hasattr(self, "parent"):
             return
-        lines = [f"sweep summary: {len(failed)} of {len(self.jobs)} jobs failed"]
-        lines += [f"  FAILED  {overrides}  ->  {error}" for overrides, _, error in failed]
-        print("\n".join(lines), file=sys.stderr)
+        self.finished = True
+        from sweeplab import report
 
-
-SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
+        uri, _, _, parent_id = self.parent
+        client = tracking._client(uri)
+        try:
+            rows = report.sweep_rows(client, *self.parent[1:3], [])
+            # Jobs that failed before their run existed (bad input): known to this process only.
+            tracked = {r.overrides for r in rows}
+            no_run = [j for j in self.jobs if j[1] == "FAILED" and j[0] not in tracked]
+            rows = report.finish_sweep(uri, parent_id, self.sweep_dir, len(no_run))
+        except Exception as e:  # a broken report must never hide the sweep's own outcome
+            log.error("sweep report failed: %s: %s", type(e).__name__, e)
+            return
+        failed = [(r.overrides, r.status, r.error) for r in rows if r.status != "FINISHED"]
+        failed += [(overrides, "NO RUN", error) for overrides, _, error in no_run]
+        if failed:
+            lines = [f"sweep summary: {len(failed)} of {len(rows) + len(no_run)} jobs failed"]
+            lines += [
+                f"  {status:8s}  {overrides}  ->  {error}" for overrides, status, error in failed
+            ]
+            print("\n".join(lines), file=sys.stderr)
 
 
 def swept_keys(overrides: list[str]) -> list[str]:

@@ -1,0 +1,291 @@
+"""The leaderboard of a sweep, built from its runs in MLflow (not from the launching process,
+so it also covers jobs that ran in joblib / submitit workers or failed).
+
+At the end of every sweep, and on demand:
+
+    python -m sweeplab.report <experiment name | sweep id> [--tracking-uri URI]
+    sweeplab-report <experiment name | sweep id>
+
+A table sorted by best_val_acc (swept parameters, best_val_acc, test_acc, status, duration,
+reproduce command) is printed; report.md, report.csv, test_acc.png and val_curves.png are
+logged to the sweep's parent run under `report/` (and written to the sweep directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweeplab.errors import SweeplabError
+from sweeplab.metrics import _pyplot
+
+log = logging.getLogger("sweeplab")
+
+
+class ReportError(SweeplabError):
+    """No such sweep or experiment in the tracking store."""
+
+
+@dataclass
+class Row:
+    run_id: str
+    name: str
+    status: str
+    best_val_acc: float
+    test_acc: float
+    duration_s: float
+    overrides: str
+    reproduce: str
+    error: str = ""
+    swept: dict[str, str] = field(default_factory=dict)
+
+
+# --- collect ---------------------------------------------------------------------------------
+
+
+def sweep_rows(client, experiment_id: str, sid: str, swept: list[str]) -> list[Row]:
+    """One row per configuration of the sweep, best first. A configuration run more than once
+    (failed, then re-run) shows its FINISHED run, else its latest."""
+    from sweeplab.sweep import ROLE_TAG, member_tag
+
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{member_tag(sid)}` = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50000,
+    )
+    by_config: dict[str, object] = {}
+    for run in runs:
+        if run.data.tags.get(ROLE_TAG) == "sweep":
+            continue
+        key = run.data.tags.get("sweeplab.config_hash", run.info.run_id)
+        kept = by_config.get(key)
+        if kept is None or (run.info.status == "FINISHED" and kept.info.status != "FINISHED"):
+            by_config[key] = run
+    rows = [_row(run, swept) for run in by_config.values()]
+    return sorted(rows, key=lambda r: (-_num(r.best_val_acc), r.name))
+
+
+def _row(run, swept: list[str]) -> Row:
+    tags, metrics, info = run.data.tags, run.data.metrics, run.info
+    overrides = tags.get("sweeplab.overrides", "")
+    given = dict(o.lstrip("+~").partition("=")[::2] for o in overrides.split() if "=" in o)
+    end = info.end_time or info.start_time
+    return Row(
+        run_id=info.run_id,
+        name=info.run_name or info.run_id,
+        status=info.status,
+        best_val_acc=metrics.get("best_val_acc", math.nan),
+        test_acc=metrics.get("test_acc", math.nan),
+        duration_s=(end - info.start_time) / 1000 if info.start_time else math.nan,
+        overrides=overrides,
+        reproduce=tags.get("sweeplab.reproduce", ""),
+        error=tags.get("error", ""),
+        swept={k: given.get(k, "") for k in swept},
+    )
+
+
+def _short(value: str) -> str:
+    """0.00029380279387035364 -> 0.0002938: Optuna's floats, readable in a table."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if (len(value) > 8 and "." in value) or "e" in value else value
+
+
+def label(row: Row) -> str:
+    """A configuration's short name for plots: its swept values."""
+    return ", ".join(_short(v) for v in row.swept.values() if v) or row.name
+
+
+def _num(x: float) -> float:
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+# --- render ----------------------------------------------------------------------------------
+
+
+def _cells(rows: list[Row], swept: list[str]) -> tuple[list[str], list[list[str]]]:
+    head = ["#", *swept, "best_val_acc", "test_acc", "status", "duration", "reproduce"]
+    body = []
+    for i, r in enumerate(rows, 1):
+        acc = [f"{v:.4f}" if not math.isnan(v) else "-" for v in (r.best_val_acc, r.test_acc)]
+        duration = f"{r.duration_s:.1f}s" if not math.isnan(r.duration_s) else "-"
+        values = [_short(r.swept[k]) for k in swept]
+        body.append([str(i), *values, *acc, r.status, duration, r.reproduce])
+    return head, body
+
+
+def text_table(rows: list[Row], swept: list[str]) -> str:
+    head, body = _cells(rows, swept)
+    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
+    widths[-1] = 0  # the reproduce command ends the line: no padding
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in (head, *body)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def markdown(rows: list[Row], swept: list[str], title: str) -> str:
+    head, body = _cells(rows, swept)
+    body = [[*line[:-1], f"`{line[-1]}`" if line[-1] else ""] for line in body]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[Row], swept: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["rank", *swept, "best_val_acc", "test_acc", "status", "duration_s",
+                     "run_id", "run_name", "reproduce"])  # fmt: skip
+    for i, r in enumerate(rows, 1):
+        writer.writerow([i, *(r.swept[k] for k in swept), r.best_val_acc, r.test_acc, r.status,
+                         round(r.duration_s, 2), r.run_id, r.name, r.reproduce])  # fmt: skip
+    return out.getvalue()
+
+
+def plot_test_acc(rows: list[Row], path: Path) -> Path:
+    plt = _pyplot(path)
+    shown = [r for r in rows if not math.isnan(r.test_acc)][::-1]  # best at the top
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(shown), 1)))
+    ax.barh([label(r)[:60] for r in shown], [r.test_acc for r in shown], color="tab:blue")
+    for i, r in enumerate(shown):
+        ax.text(r.test_acc, i, f" {r.test_acc:.4f}", va="center", fontsize=8)
+    ax.set(xlabel="test accuracy (best-on-val checkpoint)", title="test accuracy per configuration")
+    ax.set_xlim(0, 1.08)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
+    plt = _pyplot(path)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(r.run_id, "val_acc"))
+        if history:
+            ax.plot(*zip(*history, strict=True), marker="o", label=f"{label(r)[:60]} ({r.status})")
+    ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy per configuration")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(client, rows: list[Row], swept: list[str], title: str, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(rows, swept, title))
+    (out / "report.csv").write_text(csv_text(rows, swept))
+    return [
+        out / "report.md",
+        out / "report.csv",
+        plot_test_acc(rows, out / "test_acc.png"),
+        plot_val_curves(client, rows, out / "val_curves.png"),
+    ]
+
+
+# --- a sweep's end, and the command ----------------------------------------------------------
+
+
+def sweep_status(rows: list[Row], failed_without_run: int = 0) -> str:
+    statuses = {r.status for r in rows}
+    if failed_without_run or "FAILED" in statuses:
+        return "FAILED"
+    if statuses - {"FINISHED"} or not rows:
+        return "KILLED"  # interrupted (KILLED / still RUNNING) or nothing ran
+    return "FINISHED"
+
+
+def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
+    """Build, print and log the report of the sweep whose parent run is `parent`."""
+    tags = parent.data.tags
+    sid, experiment_id = tags["sweeplab.sweep_id"], parent.info.experiment_id
+    swept = [k for k in tags.get("sweeplab.swept", "").split(",") if k]
+    rows = sweep_rows(client, experiment_id, sid, swept)
+    title = f"Sweep {sid}: {tags.get('sweeplab.command', '')}"
+    with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as tmp:
+        files = write_report(client, rows, swept, title, out or Path(tmp))
+        for f in files:
+            client.log_artifact(parent.info.run_id, str(f), "report")
+    best = next((r for r in rows if not math.isnan(r.best_val_acc)), None)
+    summary = {"jobs": len(rows), "jobs_failed": sum(r.status != "FINISHED" for r in rows)}
+    if best is not None:
+        summary["best_val_acc"] = best.best_val_acc
+        client.set_tag(parent.info.run_id, "sweeplab.best_run_id", best.run_id)
+    for key, value in summary.items():
+        client.log_metric(parent.info.run_id, key, value)
+    print(f"\n{title}\n{text_table(rows, swept)}\n", flush=True)
+    if best is not None:
+        print(f"best: {best.name}  best_val_acc={best.best_val_acc:.4f}  run {best.run_id}")
+    return rows
+
+
+def finish_sweep(
+    uri: str, parent_id: str, sweep_dir: str | None, failed_without_run: int = 0
+) -> list[Row]:
+    """Called when a sweep's launching process ends: report, then the parent run's status."""
+    from sweeplab import tracking
+
+    client = tracking._client(uri)
+    parent = client.get_run(parent_id)
+    rows = report_sweep(client, parent, Path(sweep_dir) if sweep_dir else None)
+    client.set_terminated(parent_id, status=sweep_status(rows, failed_without_run))
+    return rows
+
+
+def find_parent(client, target: str):
+    """`target` is a sweep id (any experiment) or an experiment name (its latest sweep)."""
+    from sweeplab.sweep import ROLE_TAG
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{ROLE_TAG}` = 'sweep'"
+    order = ["attributes.start_time DESC"]
+    by_id = client.search_runs(experiments, f"{query} and tags.`sweeplab.sweep_id` = '{target}'")
+    if by_id:
+        return by_id[0]
+    experiment = client.get_experiment_by_name(target)
+    if experiment is None:
+        raise ReportError(f"{target!r} is neither a sweep id nor an experiment in this store")
+    latest = client.search_runs([experiment.experiment_id], query, order_by=order, max_results=1)
+    if not latest:
+        raise ReportError(f"experiment {target!r} has no sweep (launch one with -m)")
+    return latest[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sweeplab.rerun import default_tracking_uri
+
+    parser = argparse.ArgumentParser(
+        prog="sweeplab-report", description="Leaderboard of a sweep, from its runs in MLflow."
+    )
+    parser.add_argument("target", help="a sweep id (tag sweeplab.sweep_id) or an experiment name")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlruns")
+    parser.add_argument("--out", type=Path, help="also write the report files to this folder")
+    args = parser.parse_args(argv)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    try:
+        parent = find_parent(client, args.target)
+    except SweeplabError as e:
+        print(f"sweeplab-report: error: {e}", file=sys.stderr)
+        return 2
+    report_sweep(client, parent, args.out)
+    print(f"logged to run {parent.info.run_id} under report/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

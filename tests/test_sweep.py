@@ -1,0 +1,172 @@
+"""Sweeps at scale: launchers (joblib, submitit_local), Optuna, the parent run and its report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from test_reliability import SLOW, client_for, start
+
+from conftest import CONF, job_runs
+from sweeplab.sweep import Placement, concurrent_jobs, placement, sweep_id
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+# --- where parallel jobs run ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("launcher", "job", "cores", "gpus", "expected"),
+    [
+        ({"_target_": BASIC}, 3, 8, 2, Placement(None, None, 1)),  # one at a time: torch default
+        ({"_target_": JOBLIB, "n_jobs": 2}, 0, 2, 0, Placement(1, None, 2)),
+        ({"_target_": JOBLIB, "n_jobs": 4}, 5, 16, 2, Placement(4, 1, 4)),  # job 5 -> GPU 1
+        ({"_target_": JOBLIB, "n_jobs": 4}, 6, 16, 1, Placement(4, None, 4)),  # all on GPU 0
+        ({"_target_": JOBLIB, "n_jobs": -1}, 2, 8, 4, Placement(1, 2, 8)),  # -1 = all cores
+        ({"_target_": JOBLIB, "n_jobs": -2}, 0, 8, 0, Placement(1, None, 7)),
+        ({"_target_": SUBMITIT_LOCAL, "cpus_per_task": 4}, 1, 16, 0, Placement(4, None, 4)),
+    ],
+)
+def test_parallel_jobs_split_cores_and_gpus(launcher, job, cores, gpus, expected):
+    assert placement(launcher, job, cores, gpus, env={}) == expected
+
+
+def test_a_slurm_job_uses_the_cpus_it_was_granted():
+    launcher = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    assert placement(launcher, 7, 64, 8, env={"SLURM_CPUS_PER_TASK": "6"}) == Placement(6, None, 1)
+    assert concurrent_jobs(launcher, 64) == 1  # each SLURM job has its own allocation
+
+
+def test_slurm_config_composes_with_its_cluster_knobs():
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
+        cfg = compose("train", overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.array_parallelism == 32
+    assert {"gpus_per_node", "cpus_per_task", "timeout_min", "mem_gb"} <= set(launcher)
+
+
+def _hydra_view(task: list[str], params: dict | None = None):
+    return OmegaConf.create({"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}})
+
+
+def test_sweep_id_is_the_command_not_where_it_logs():
+    a = sweep_id(_hydra_view(["optimizer=sgd,adam", "model=lenet"]))
+    assert a == sweep_id(_hydra_view(["model=lenet", "optimizer=sgd,adam"]))
+    assert a == sweep_id(_hydra_view(["optimizer=sgd,adam", "model=lenet", "tracking.root=x"]))
+    assert a != sweep_id(_hydra_view(["optimizer=sgd,adam", "model=simple_cnn"]))
+    searched = sweep_id(_hydra_view(["model=lenet"], {"optimizer.lr": "interval(0.1, 1)"}))
+    assert searched != sweep_id(_hydra_view(["model=lenet"]))
+
+
+# --- real sweeps -------------------------------------------------------------------------------
+
+QUICK = [*SLOW, "trainer.epochs=2", "dataset.num_train=200"]
+
+
+def sweep(args: list[str], cwd: Path, timeout: int = 600) -> tuple[int, str]:
+    proc = start(["-m", *args], cwd)
+    return proc.wait(timeout=timeout), proc.stdout.read()
+
+
+def parent_and_children(root: Path, experiment: str = "synthetic"):
+    client = client_for(root)
+    exp = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'sweep'")
+    children = job_runs(client, exp.experiment_id)
+    return client, parent, children
+
+
+def report_csv(client, parent) -> list[dict]:
+    path = client.download_artifacts(parent.info.run_id, "report/report.csv")
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
+@pytest.mark.slow
+def test_joblib_sweep_with_a_failed_job_reports_from_mlflow(tmp_path):
+    # alexnet's pooling cannot run on 32x32 images: that job fails inside a joblib worker,
+    # where the launching process never sees it; the summary and report come from MLflow.
+    rc, out = sweep([*QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "model=torchvision", "model.name=resnet18,alexnet"], tmp_path)  # fmt: skip
+    assert rc != 0, out[-3000:]
+    assert "sweep summary: 1 of 2 jobs failed" in out
+    assert "model.name=alexnet" in out.split("sweep summary")[1]
+    client, parent, children = parent_and_children(tmp_path / "mlruns")
+    assert parent.info.status == "FAILED"
+    assert "model.name=resnet18,alexnet" in parent.data.tags["sweeplab.command"]
+    assert parent.data.tags["sweeplab.swept"] == "model.name"
+    assert len(children) == 2
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["sweeplab.threads"] == "1"  # 2 cores // 2 parallel jobs
+    assert len({run.data.tags["sweeplab.pid"] for run in children}) == 2  # two workers
+    rows = report_csv(client, parent)
+    assert [(r["model.name"], r["status"]) for r in rows] == [
+        ("resnet18", "FINISHED"), ("alexnet", "FAILED")]  # fmt: skip
+    finished = next(r for r in children if r.info.status == "FINISHED")
+    assert float(rows[0]["test_acc"]) == finished.data.metrics["test_acc"]
+    assert rows[0]["reproduce"] == finished.data.tags["sweeplab.reproduce"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert artifacts == {f"report/{f}" for f in
+                         ("report.md", "report.csv", "test_acc.png", "val_curves.png")}  # fmt: skip
+    assert "#  model.name  best_val_acc  test_acc  status" in out  # the table, in the terminal
+
+    # On demand, by experiment name (its latest sweep) or by sweep id: the same table.
+    sid = parent.data.tags["sweeplab.sweep_id"]
+    for target in ("synthetic", sid):
+        again = subprocess.run(
+            [sys.executable, "-m", "sweeplab.report", target, "--out", str(tmp_path / "r")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"Sweep {sid}" in again.stdout and "FAILED" in again.stdout
+    assert (tmp_path / "r" / "report.md").read_text().count("| alexnet |") == 1
+    missing = subprocess.run([sys.executable, "-m", "sweeplab.report", "nope"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 2 and "neither a sweep id nor an experiment" in missing.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    rc, out = sweep([*QUICK, "hydra/launcher=submitit_local", "trainer.seed=1,2"], tmp_path)
+    assert rc == 0, out[-3000:]
+    client, parent, children = parent_and_children(tmp_path / "mlruns")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hydra.launcher"] == "LocalLauncher"
+    assert sorted(r.data.params["trainer.seed"] for r in children) == ["1", "2"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert [r["status"] for r in report_csv(client, parent)] == ["FINISHED", "FINISHED"]
+    # submitit ran each job in its own process, which wrote its own log
+    assert len(list((tmp_path / "outputs" / "multiruns").rglob("*_log.out"))) == 2
+
+
+@pytest.mark.slow
+def test_optuna_search_three_trials_on_mnist(tmp_path, data_dir):
+    args = ["hparams_search=optuna", "experiment=mnist_quick", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.n_startup_trials=2", "dataset.train_subset=1000",
+            "trainer.epochs=1", f"dataset.root={data_dir}"]  # fmt: skip
+    rc, out = sweep(args, tmp_path)
+    assert rc == 0, out[-3000:]
+    client, parent, trials = parent_and_children(tmp_path / "mlruns", "mnist_quick")
+    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
+    assert parent.data.tags["hydra.sweeper"] == "OptunaSweeper"
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+    lrs = {r.data.params["optimizer.lr"] for r in trials}
+    assert len(lrs) == 3  # three different points of the search space
+    result = OmegaConf.load(next((tmp_path / "outputs").rglob("optimization_results.yaml")))
+    best = max(r.data.metrics["best_val_acc"] for r in trials)
+    assert result.best_value == pytest.approx(best)
+    rows = report_csv(client, parent)
+    assert float(rows[0]["best_val_acc"]) == pytest.approx(best)  # report: best first
+    assert set(rows[0]) >= {"optimizer", "optimizer.lr", "optimizer.weight_decay", "augmentation"}
