@@ -175,6 +175,7 @@ def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
         if history:
             ax.plot(*zip(*history, strict=True), marker="o", label=f"{label(r)[:60]} ({r.status})")
     ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy per configuration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=7)
