@@ -19,12 +19,21 @@ Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 class Normalize:
     """uint8 or [0, 1] float batch -> float, normalised with the dataset's mean/std."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        channels_last: bool = False,
+    ):
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # NHWC batches for a channels_last model: convs then skip a layout change per call
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (to_float(x) - self.mean) / self.std
+        x = (to_float(x) - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The training loop itself: one epoch of training, one pass of evaluation. Plain PyTorch.
 
 Nothing here knows about Hydra or MLflow. Running sums stay on the device (no `.item()` per
-batch), so a GPU step never waits for the host; they are read once per epoch.
+batch), so a GPU step never waits for the host; they are read once per epoch. `reduce` sums a
+tensor over DDP ranks (identity in a single process), so every rank sees the same metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ class NonFiniteLossError(SweeplabError, ArithmeticError):
     """The training loss became NaN/inf; raised before the step, so the weights stay finite."""
 
 
+# On CUDA, reading the NaN flag waits for the GPU: do it every CHECK_EVERY steps, not every step.
+# On CPU it costs nothing, so a NaN is caught at its own step, before the weights change.
+CHECK_EVERY = 100
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -49,12 +59,17 @@ def train_epoch(
     grad_clip: float | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     epoch: int = 0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> dict[str, float]:
-    """Train one epoch; returns train_loss, train_acc (over every image seen) and speed."""
+    """Train one epoch; returns train_loss, train_acc (over every image seen), speed, and the
+    first step's time (which includes torch.compile's compilation in a compiled model)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+    seen, first_step_s = 0, 0.0
+    check_every = CHECK_EVERY if device.type == "cuda" else 1
+    step = -1
     _sync(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
@@ -62,11 +77,9 @@ def train_epoch(
         with autocast(device, amp):
             logits = model(x)
             loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):  # one host sync per step: cheap next to a NaN'd hour
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch}, step {step + 1}: lower optimizer.lr, "
-                "set trainer.grad_clip, or use trainer.amp=none"
-            )
+        nonfinite |= ~torch.isfinite(reduce(loss.detach().float().clone()))  # any rank's NaN
+        if (step + 1) % check_every == 0:
+            _raise_if(nonfinite, epoch, step, check_every)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -84,16 +97,32 @@ def train_epoch(
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if step == 0:  # one sync per epoch: how long the first step took
+            _sync(device)
+            first_step_s = time.perf_counter() - start
         if on_step is not None:
             on_step(step, loss)
+    _raise_if(nonfinite, epoch, step, check_every)
     _sync(device)
     seconds = time.perf_counter() - start
+    loss_sum, correct = reduce(loss_sum), reduce(correct)
+    seen = int(reduce(torch.tensor(seen, device=device)))
     return {
         "train_loss": loss_sum.item() / max(seen, 1),
         "train_acc": correct.item() / max(seen, 1),
         "epoch_time_s": seconds,
         "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
+        "first_step_s": first_step_s,
     }
+
+
+def _raise_if(nonfinite: torch.Tensor, epoch: int, step: int, check_every: int) -> None:
+    if nonfinite:  # reads the flag: the one host sync of the check
+        where = f"step {step + 1}" if check_every == 1 else f"one of steps ..{step + 1}"
+        raise NonFiniteLossError(
+            f"loss is not finite at epoch {epoch}, {where}: lower optimizer.lr, "
+            "set trainer.grad_clip, or use trainer.amp=none"
+        )
 
 
 @torch.no_grad()
@@ -106,8 +135,10 @@ def evaluate(
     num_classes: int,
     device: torch.device,
     amp: str = "none",
+    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, confusion matrix [true, predicted]) over *every* batch given."""
+    """(mean loss, accuracy, confusion matrix [true, predicted]) over *every* batch given
+    (over every rank's batches, with `reduce`)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
@@ -117,6 +148,7 @@ def evaluate(
         loss_sum += loss_fn(logits.float(), y) * len(y)
         pred = logits.argmax(1)
         confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2)
+    loss_sum, confusion = reduce(loss_sum), reduce(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     total = int(confusion.sum())
     if total == 0:

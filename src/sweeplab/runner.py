@@ -6,9 +6,9 @@ Order matters for reliability: the config is validated and data, model and optim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import tracking
+from sweeplab import distributed, tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import (
     load_checkpoint,
@@ -27,13 +27,13 @@ from sweeplab.checkpoint import (
     training_state,
 )
 from sweeplab.errors import SweeplabError
+from sweeplab.job import in_multirun, job_info
 from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
-from sweeplab.redact import redact_override
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import Amp, ConfigError, launch_dir, validate
-from sweeplab.sweep import SWEPT_KEYS_ENV, job_placement, job_tags, plan_job
+from sweeplab.sweep import job_placement, job_tags, plan_job
 
 log = logging.getLogger("sweeplab")
 
@@ -69,7 +69,10 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # fastest conv algorithms, picked once
+    # TF32 matmuls/convs on Ampere+ GPUs: ~10-bit mantissa products, fp32 accumulation
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
@@ -83,6 +86,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(tc.device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
+    ranks = distributed.setup(tc.strategy.value, tc.device)  # ddp under torchrun, else single
+    device = distributed.device_for(ranks, device)
+    distributed.check_batch(ranks, tc.batch_size)
     place = job_placement()  # parallel sweep jobs split the cores and GPUs between them
     if device.type == "cuda" and device.index is None and place.gpu is not None:
         device = torch.device("cuda", place.gpu)
@@ -95,7 +101,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     uri = cfg.tracking.uri
     chash = config_hash(cfg)
     resume_from, experiment_id = tc.resume, None
-    planned = not resume_from and (_in_multirun() or cfg.sweep.dry_run)
+    if ranks.active and (resume_from or in_multirun()):
+        raise ConfigError("trainer.strategy=ddp runs one configuration: no -m, no trainer.resume")
+    planned = not resume_from and (in_multirun() or cfg.sweep.dry_run)
     if planned:  # plan_job also ends this config's dead RUNNING runs
         experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
         plan = plan_job(uri, experiment_id, chash, cfg.sweep.rerun_finished)
@@ -118,35 +126,49 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     data = build(cfg.dataset, device=device, seed=tc.seed)
     model = build(cfg.model).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(build(cfg.optimizer), model)
+    net = model  # what runs the batches: DDP and/or compiled; `model` holds the weights
+    if ranks.active:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if tc.compile:
+        net = torch.compile(net)
     steps_per_epoch = data.train.num_batches(tc.batch_size, drop_last=True)
     scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs)
     augment = build(cfg.augmentation)
-    normalize = Normalize(data.mean, data.std, device)
+    normalize = Normalize(data.mean, data.std, device, tc.channels_last)
     train_loss = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     eval_loss = torch.nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     generators = {
         "shuffle": torch.Generator().manual_seed(tc.seed),
-        "augment": torch.Generator(device).manual_seed(tc.seed + 1),
+        "augment": torch.Generator(device).manual_seed(tc.seed + 1 + ranks.rank),
     }
     num_classes = len(data.classes)
 
+    def reduce(t):
+        return distributed.all_reduce_sum(t, ranks)
+
     def run_eval(split):
         return evaluate(
-            model,
-            split.batches(tc.eval_batch_size),
+            net,
+            distributed.shard(split.batches(tc.eval_batch_size), ranks),
             normalize=normalize,
             loss_fn=eval_loss,
             num_classes=num_classes,
             device=device,
             amp=amp,
+            reduce=reduce,
         )
 
-    job = _job_info(cfg)
-    if experiment_id is None:
+    job = job_info(cfg)
+    main = ranks.is_main  # with ddp, only rank 0 talks to MLflow and writes files
+    if experiment_id is None and main:
         experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
-    if resumed is None and not planned:
+    if resumed is None and not planned and main:
         for stale in tracking.mark_stale_runs(uri, experiment_id, chash):
             log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
     log.info(
@@ -159,6 +181,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     last_path = output_dir / "checkpoints" / "last.pt"
     history: list[dict[str, float]] = []
     best_acc, best_epoch, start_epoch = -1.0, 0, 1
+    best_weights = None  # ddp ranks > 0 keep the best weights in memory instead of best.pt
     if resumed is not None:
         restore_training_state(
             resumed, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -173,10 +196,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "sweeplab.threads": str(torch.get_num_threads()), "sweeplab.device": str(device),
             **job_tags(run_is_new=resume_id is None)}  # fmt: skip
 
-    with (
-        sigterm_exits(),
-        tracking.tracked_run(uri, experiment_id, job["run_name"], tags, resume_id) as run,
-    ):
+    tracked = (
+        tracking.tracked_run(uri, experiment_id, job["run_name"], tags, resume_id)
+        if main
+        else contextlib.nullcontext(tracking.NullRun())
+    )
+    with sigterm_exits(), tracked as run:
         log.info("MLflow run %s (experiment %r)", run.run_id, cfg.tracking.experiment)
         if resumed is None:
             run.log_params(tracking.flatten_config(cfg, launch_dir()))
@@ -191,9 +216,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         try:
             for epoch in range(start_epoch, tc.epochs + 1):
                 progress = _progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
+                batches = data.train.batches(
+                    tc.batch_size, True, generators["shuffle"], drop_last=True
+                )
                 stats = train_epoch(
-                    model,
-                    data.train.batches(tc.batch_size, True, generators["shuffle"], drop_last=True),
+                    net,
+                    distributed.shard(batches, ranks),
                     optimizer=optimizer,
                     scheduler=scheduler,
                     loss_fn=train_loss,
@@ -206,6 +234,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     grad_clip=tc.grad_clip,
                     on_step=progress,
                     epoch=epoch,
+                    reduce=reduce,
                 )
                 progress.close()
                 val_loss, val_acc, _ = run_eval(data.val)
@@ -213,20 +242,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 row["lr"] = optimizer.param_groups[0]["lr"]
                 history.append(row)
                 improved = val_acc > best_acc
+                if epoch == 1 and tc.compile:
+                    run.log_metrics({"compile_time_s": stats["first_step_s"]}, step=0)
                 if improved:
                     best_acc, best_epoch = val_acc, epoch
-                    save_checkpoint(
-                        _checkpoint(model, cfg, data.classes, epoch, val_acc), best_path
-                    )
-                    run.log_artifact(best_path, "checkpoints")
-                # last.pt before the metrics: a resume re-logs what a kill cut off, never twice
-                state = training_state(
-                    model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    generators=generators, epoch=epoch, best_acc=best_acc, best_epoch=best_epoch,
-                    history=history, run_id=run.run_id, config_hash=chash,
-                )  # fmt: skip
-                save_checkpoint(state, last_path)
-                run.log_artifact(last_path, "checkpoints")
+                    if main:
+                        ckpt = _checkpoint(model, cfg, data.classes, epoch, val_acc)
+                        save_checkpoint(ckpt, best_path)
+                        run.log_artifact(best_path, "checkpoints")
+                    else:
+                        best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+                if main:  # last.pt before the metrics: a resume re-logs what a kill cut off
+                    state = training_state(
+                        model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        generators=generators, epoch=epoch, best_acc=best_acc,
+                        best_epoch=best_epoch, history=history, run_id=run.run_id,
+                        config_hash=chash,
+                    )  # fmt: skip
+                    save_checkpoint(state, last_path)
+                    run.log_artifact(last_path, "checkpoints")
                 run.log_metrics(_epoch_metrics(row), step=epoch)
                 log.info(
                     "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
@@ -240,7 +274,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     break
 
             # Score the test set once, with the checkpoint chosen on validation.
-            model.load_state_dict(load_checkpoint(best_path)["model"])
+            model.load_state_dict(best_weights or load_checkpoint(best_path)["model"])
             test_loss, test_acc, confusion = run_eval(data.test)
             final = {
                 "best_val_acc": best_acc,
@@ -250,30 +284,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 **per_class_metrics(confusion, data.classes),
             }
             run.log_metrics(final, step=best_epoch)
-            confusion_png = plot_confusion(
-                confusion, data.classes, output_dir / "plots" / "confusion_matrix.png"
-            )
-            run.log_artifact(confusion_png, "plots")
+            if main:
+                png = output_dir / "plots" / "confusion_matrix.png"
+                run.log_artifact(plot_confusion(confusion, data.classes, png), "plots")
             log.info(
                 "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
                 best_epoch, best_acc, test_acc, test_loss,
             )  # fmt: skip
         finally:  # whatever happened, keep the curves of what was learned
-            if history:
+            if history and main:
                 curves = plot_curves(history, output_dir / "plots" / "curves.png")
                 run.log_artifact(curves, "plots")
+    distributed.cleanup(ranks)
     return {**final, "run_id": run.run_id, "history": history}
 
 
 def _epoch_metrics(row: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k != "epoch"}
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
-    return mode is not None and mode.name == "MULTIRUN"
 
 
 def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc: float) -> dict:
@@ -286,37 +313,6 @@ def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc:
         "model_config": OmegaConf.to_container(cfg.model, resolve=True),
         "dataset": str(cfg.dataset.name),
     }
-
-
-def _job_info(cfg: DictConfig) -> dict[str, Any]:
-    """Run name and tags: overrides, Hydra dirs, git state and a command to reproduce the run."""
-    from hydra.core.hydra_config import HydraConfig
-
-    overrides: list[str] = []  # redacted below: values of secret-looking keys never logged
-    tags = {**tracking.git_state(launch_dir())}
-    if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        overrides = [redact_override(o) for o in hc.overrides.task]
-        tags["hydra.output_dir"] = tracking.relativize_paths(hc.runtime.output_dir, launch_dir())
-        if hc.mode is not None and hc.mode.name == "MULTIRUN":
-            tags["hydra.sweep_dir"] = tracking.relativize_paths(hc.sweep.dir, launch_dir())
-            tags["hydra.job_num"] = str(hc.job.num)
-    if cfg.tracking.source_run_id:
-        tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
-    # Paths and tracking settings say where a run went, not what it was: keep them out of names.
-    semantic = [o for o in overrides if not o.lstrip("+~").startswith(("tracking.", "output_dir"))]
-    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
-    if tags.get("hydra.sweep_dir") and any(swept):
-        semantic = [o for o in semantic if o.split("=", 1)[0] in swept] or semantic
-    tags["sweeplab.overrides"] = " ".join(overrides)
-    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, overrides)])
-    if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
-        tags["sweeplab.reproduce_config"] = (
-            f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "
-            "--config-name config"
-        )
-    name = cfg.tracking.run_name or (",".join(semantic) if semantic else "defaults")
-    return {"run_name": name[:250], "tags": tags}
 
 
 class _progress:

@@ -34,6 +34,11 @@ class Amp(enum.Enum):
     fp16 = "fp16"
 
 
+class Strategy(enum.Enum):
+    single = "single"  # one process, one device
+    ddp = "ddp"  # DistributedDataParallel, one process per device, launched by torchrun
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 10
@@ -48,6 +53,9 @@ class TrainerConfig:
     early_stopping: int = 0
     num_threads: int | None = None
     resume: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    strategy: Strategy = Strategy.single
 
 
 @dataclass

@@ -267,6 +267,15 @@ class Run:
         self.client.log_text(self.run_id, text, artifact_file)
 
 
+class NullRun:
+    """Stands in for a Run where nothing may be logged (DDP ranks other than 0)."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 @contextlib.contextmanager
 def tracked_run(
     uri: str,
