@@ -115,7 +115,13 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
     root_path = Path(abspath(root))
     with _store_lock(root_path) if local else contextlib.nullcontext():
         client = _client(uri)
-        found = client.get_experiment_by_name(experiment)
+        try:
+            found = client.get_experiment_by_name(experiment)
+        except MlflowException as e:  # /health answers even without credentials: ask for real
+            raise TrackingError(
+                f"tracking server {redact_uri(uri)} refused the request: {str(e)[:300]} "
+                "(with basic auth set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+            ) from None
         if found is not None:
             return found.experiment_id
         artifacts = (
