@@ -7,9 +7,11 @@ a `tracking.uri=` override and once through `MLFLOW_TRACKING_URI`, the two docum
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,3 +115,43 @@ def test_parallel_sweep_logs_into_server_on_postgres(uri_from, mlflow_server, po
     # Nothing fell back to a local store in the launch directory.
     assert list(tmp_path.rglob("*.db")) == []
     assert not (tmp_path / "mlruns").exists()
+
+
+class _AuthWall(http.server.BaseHTTPRequestHandler):
+    """What an MLflow server with basic auth answers a client without credentials: /health is
+    open, every API call is 401."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.startswith("/health"):
+            self._reply(200, b"OK")
+        else:
+            self._reply(401, b'{"error_code": "UNAUTHENTICATED", "message": "not authenticated"}')
+
+    do_POST = do_GET
+
+    def _reply(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+def test_a_server_that_refuses_requests_fails_before_any_job(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthWall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *SWEEP, f"tracking.uri={uri}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "refused the request" in proc.stderr and "MLFLOW_TRACKING_USERNAME" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs" / "multiruns").exists() or not any(
+        (tmp_path / "outputs" / "multiruns").rglob("*.pt"))  # fmt: skip  # no job trained

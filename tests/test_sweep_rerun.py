@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_reliability import SLOW, client_for, start, wait_for_line
@@ -60,3 +62,14 @@ def test_relaunched_sweep_skips_resumes_and_runs(tmp_path):
         a = [(m.step, m.value) for m in ref_client.get_metric_history(ref.info.run_id, "val_loss")]
         b = [(m.step, m.value) for m in client.get_metric_history(cut.info.run_id, "val_loss")]
         assert sorted(a) == sorted(b), seed
+
+    # The relaunch continued the sweep's parent run (same command, same sweep id), and its
+    # report covers all four configurations: skipped, resumed and new alike.
+    exp = client.get_experiment_by_name("synthetic")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweeplab.launches"] == "2"  # the dry run opened no parent
+    report = Path(client.download_artifacts(parent.info.run_id, "report/report.csv"))
+    rows = list(csv.DictReader(report.open()))
+    assert sorted(r["trainer.seed"] for r in rows) == ["1", "2", "3", "4"]
+    assert {r["status"] for r in rows} == {"FINISHED"}

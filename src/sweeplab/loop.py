@@ -67,7 +67,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    seen, first_step_s = 0, 0.0
+    seen, first_step_time_s = 0, 0.0
     check_every = CHECK_EVERY if device.type == "cuda" else 1
     step = -1
     _sync(device)
@@ -99,7 +99,7 @@ def train_epoch(
         seen += len(y)
         if step == 0:  # one sync per epoch: how long the first step took
             _sync(device)
-            first_step_s = time.perf_counter() - start
+            first_step_time_s = time.perf_counter() - start
         if on_step is not None:
             on_step(step, loss)
     _raise_if(nonfinite, epoch, step, check_every)
@@ -112,7 +112,7 @@ def train_epoch(
         "train_acc": correct.item() / max(seen, 1),
         "epoch_time_s": seconds,
         "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
-        "first_step_s": first_step_s,
+        "first_step_time_s": first_step_time_s,
     }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,14 @@ from sweeplab.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
 from sweeplab.job import in_multirun, job_info
 from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
-from sweeplab.schema import Amp, ConfigError, launch_dir, validate
+from sweeplab.schema import Amp, ConfigError, Strategy, launch_dir, validate
 from sweeplab.sweep import job_placement, job_tags, plan_job
 
 log = logging.getLogger("sweeplab")
@@ -48,36 +48,6 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            n = torch.cuda.device_count()
-            raise ConfigError(f"trainer.device={name}: this machine has {n} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name}: MPS is not available on this machine")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic  # fastest conv algorithms, picked once
-    # TF32 matmuls/convs on Ampere+ GPUs: ~10-bit mantissa products, fp32 accumulation
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one configuration end to end; returns its final metrics and MLflow run id."""
     validate(cfg)
@@ -86,7 +56,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(tc.device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
-    ranks = distributed.setup(tc.strategy.value, tc.device)  # ddp under torchrun, else single
+    strategy = tc.strategy.value if isinstance(tc.strategy, Strategy) else str(tc.strategy)
+    ranks = distributed.setup(strategy, tc.device)  # ddp under torchrun, else single
     device = distributed.device_for(ranks, device)
     distributed.check_batch(ranks, tc.batch_size)
     place = job_placement()  # parallel sweep jobs split the cores and GPUs between them
@@ -243,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 history.append(row)
                 improved = val_acc > best_acc
                 if epoch == 1 and tc.compile:
-                    run.log_metrics({"compile_time_s": stats["first_step_s"]}, step=0)
+                    run.log_metrics({"compile_time_s": stats["first_step_time_s"]}, step=0)
                 if improved:
                     best_acc, best_epoch = val_acc, epoch
                     if main:
