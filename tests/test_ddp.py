@@ -69,7 +69,8 @@ def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
 
 
 def test_channels_last_gives_the_same_training(small_cfg):
-    base = train(small_cfg("model=simple_cnn", "trainer.epochs=2"))
+    nchw = ["model=simple_cnn", "trainer.epochs=2", "trainer.channels_last=false"]
+    base = train(small_cfg(*nchw))
     nhwc = train(small_cfg("model=simple_cnn", "trainer.epochs=2", "trainer.channels_last=true"))
     for a, b in zip(base["history"], nhwc["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)

@@ -53,7 +53,7 @@ class TrainerConfig:
     early_stopping: int = 0
     num_threads: int | None = None
     resume: str | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     strategy: Strategy = Strategy.single
 
