@@ -234,16 +234,21 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
 
 
 def finish_sweep(
-    uri: str, parent_id: str, sweep_dir: str | None, failed_without_run: int = 0
-) -> list[Row]:
-    """Called when a sweep's launching process ends: report, then the parent run's status."""
+    uri: str, parent_id: str, sweep_dir: str | None, failed_jobs: dict[str, str]
+) -> tuple[list[Row], dict[str, str]]:
+    """When a sweep's launching process ends: report, then the parent run's status.
+
+    `failed_jobs` (overrides -> error) are the failures the launching process saw itself; those
+    with no run in MLflow (bad input caught before the run existed) are returned apart."""
     from sweeplab import tracking
 
     client = tracking._client(uri)
     parent = client.get_run(parent_id)
     rows = report_sweep(client, parent, Path(sweep_dir) if sweep_dir else None)
-    client.set_terminated(parent_id, status=sweep_status(rows, failed_without_run))
-    return rows
+    tracked = {r.overrides for r in rows}
+    no_run = {o: e for o, e in failed_jobs.items() if o not in tracked}
+    client.set_terminated(parent_id, status=sweep_status(rows, len(no_run)))
+    return rows, no_run
 
 
 def find_parent(client, target: str):

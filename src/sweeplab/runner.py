@@ -32,7 +32,7 @@ from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
-from sweeplab.schema import Amp, ConfigError, Strategy, launch_dir, validate
+from sweeplab.schema import ConfigError, launch_dir, option, validate
 from sweeplab.sweep import job_placement, job_tags, plan_job
 
 log = logging.getLogger("sweeplab")
@@ -52,12 +52,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one configuration end to end; returns its final metrics and MLflow run id."""
     validate(cfg)
     tc = cfg.trainer
-    amp = tc.amp.name if isinstance(tc.amp, Amp) else str(tc.amp)
+    amp = option(tc.amp)
     device = resolve_device(tc.device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
-    strategy = tc.strategy.value if isinstance(tc.strategy, Strategy) else str(tc.strategy)
-    ranks = distributed.setup(strategy, tc.device)  # ddp under torchrun, else single
+    ranks = distributed.setup(option(tc.strategy), tc.device)  # ddp under torchrun, else single
     device = distributed.device_for(ranks, device)
     distributed.check_batch(ranks, tc.batch_size)
     place = job_placement()  # parallel sweep jobs split the cores and GPUs between them
@@ -83,8 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return {"planned": plan.action, "run_id": plan.run_id, "history": [],
                     cfg.optimized_metric: float("nan")}  # fmt: skip
         if plan.action == "skip":
-            for key, value in job_tags(run_is_new=False).items():  # counted in this sweep too
-                tracking._client(uri).set_tag(plan.run_id, key, value)
+            tracking.Run(tracking._client(uri), plan.run_id).set_tags(job_tags(run_is_new=False))
             log.info(
                 "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
                 "train it again)", plan.run_id,

@@ -28,6 +28,11 @@ class ConfigError(SweeplabError, ValueError):
     """A config value is wrong; the message names the key and says what would be right."""
 
 
+def option(value: enum.Enum | str) -> str:
+    """An enum knob as its string: typed configs give the enum, a re-run's saved config a str."""
+    return value.value if isinstance(value, enum.Enum) else str(value)
+
+
 class Amp(enum.Enum):
     none = "none"
     bf16 = "bf16"

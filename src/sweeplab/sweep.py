@@ -239,24 +239,20 @@ class PrepareStoreCallback(Callback):
         self.finished = True
         from sweeplab import report
 
-        uri, _, _, parent_id = self.parent
-        client = tracking._client(uri)
+        failed_jobs = {overrides: error for overrides, status, error in self.jobs
+                       if status == "FAILED"}  # fmt: skip
         try:
-            rows = report.sweep_rows(client, *self.parent[1:3], [])
-            # Jobs that failed before their run existed (bad input): known to this process only.
-            tracked = {r.overrides for r in rows}
-            no_run = [j for j in self.jobs if j[1] == "FAILED" and j[0] not in tracked]
-            rows = report.finish_sweep(uri, parent_id, self.sweep_dir, len(no_run))
+            rows, no_run = report.finish_sweep(
+                self.parent[0], self.parent[3], self.sweep_dir, failed_jobs
+            )
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
             return
         failed = [(r.overrides, r.status, r.error) for r in rows if r.status != "FINISHED"]
-        failed += [(overrides, "NO RUN", error) for overrides, _, error in no_run]
+        failed += [(overrides, "NO RUN", error) for overrides, error in no_run.items()]
         if failed:
             lines = [f"sweep summary: {len(failed)} of {len(rows) + len(no_run)} jobs failed"]
-            lines += [
-                f"  {status:8s}  {overrides}  ->  {error}" for overrides, status, error in failed
-            ]
+            lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]
             print("\n".join(lines), file=sys.stderr)
 
 
