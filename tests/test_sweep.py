@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,33 +94,38 @@ def report_csv(client, parent) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_joblib_sweep_with_a_failed_job_reports_from_mlflow(tmp_path):
-    # alexnet's pooling cannot run on 32x32 images: that job fails inside a joblib worker,
-    # where the launching process never sees it; the summary and report come from MLflow.
+def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
+    # alexnet's pooling cannot run on 32x32 images: that job fails inside its run; no_such_net
+    # fails while the model is built, before any run exists. Both fail inside joblib workers,
+    # which the launching process never sees: the summary and report come from MLflow.
     rc, out = sweep([*QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "model=torchvision", "model.name=resnet18,alexnet"], tmp_path)  # fmt: skip
+                     "model=torchvision", "model.name=resnet18,alexnet,no_such_net"],
+                    tmp_path)  # fmt: skip
     assert rc != 0, out[-3000:]
-    assert "sweep summary: 1 of 2 jobs failed" in out
-    assert "model.name=alexnet" in out.split("sweep summary")[1]
+    assert "sweep summary: 2 of 3 jobs failed" in out
+    summary = out.split("sweep summary")[1]
+    assert "model.name=alexnet" in summary and "model.name=no_such_net" in summary
+    assert "is not a torchvision classifier" in summary
     client, parent, children = parent_and_children(tmp_path / "mlruns")
     assert parent.info.status == "FAILED"
-    assert "model.name=resnet18,alexnet" in parent.data.tags["sweeplab.command"]
+    assert "model.name=resnet18,alexnet,no_such_net" in parent.data.tags["sweeplab.command"]
     assert parent.data.tags["sweeplab.swept"] == "model.name"
-    assert len(children) == 2
-    for run in children:
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    trained = [r for r in children if r.info.run_name != "model.name=no_such_net"]
+    for run in trained:
         assert run.data.tags["sweeplab.threads"] == "1"  # 2 cores // 2 parallel jobs
-    assert len({run.data.tags["sweeplab.pid"] for run in children}) == 2  # two workers
+    assert len({run.data.tags["sweeplab.pid"] for run in trained}) == 2  # two workers
     rows = report_csv(client, parent)
     assert [(r["model.name"], r["status"]) for r in rows] == [
-        ("resnet18", "FINISHED"), ("alexnet", "FAILED")]  # fmt: skip
+        ("resnet18", "FINISHED"), ("alexnet", "FAILED"), ("no_such_net", "FAILED")]  # fmt: skip
     finished = next(r for r in children if r.info.status == "FINISHED")
     assert float(rows[0]["test_acc"]) == finished.data.metrics["test_acc"]
     assert rows[0]["reproduce"] == finished.data.tags["sweeplab.reproduce"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert artifacts == {f"report/{f}" for f in
                          ("report.md", "report.csv", "test_acc.png", "val_curves.png")}  # fmt: skip
-    assert "#  model.name  best_val_acc  test_acc  status" in out  # the table, in the terminal
+    assert re.search(r"#\s+model\.name\s+best_val_acc\s+test_acc\s+status", out)  # the table
 
     # On demand, by experiment name (its latest sweep) or by sweep id: the same table.
     sid = parent.data.tags["sweeplab.sweep_id"]

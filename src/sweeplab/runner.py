@@ -50,6 +50,35 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one configuration end to end; returns its final metrics and MLflow run id."""
+    try:
+        return _train(cfg)
+    except Exception as e:
+        # A sweep job that failed before its run existed (e.g. an unknown model name) still
+        # gets a FAILED run in the sweep, so the report lists it whatever the launcher.
+        if in_multirun() and not cfg.sweep.dry_run and not hasattr(e, "sweeplab_run_id"):
+            record_failed_job(cfg, e)
+        raise
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    try:
+        t = cfg.tracking
+        experiment_id = tracking.prepare_store(t.uri, t.root, t.experiment)
+        job = job_info(cfg)
+        tags = {
+            **job["tags"],
+            **job_tags(run_is_new=True),
+            "sweeplab.config_hash": config_hash(cfg),
+        }
+        tags["error"] = f"{type(error).__name__}: {error}"[:500]
+        client = tracking._client(t.uri)
+        run_id = client.create_run(experiment_id, run_name=job["run_name"], tags=tags).info.run_id
+        client.set_terminated(run_id, status="FAILED")
+    except Exception as e:  # e.g. the store itself is what failed: the job's error stands
+        log.warning("could not record the failed job in MLflow: %s", e)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     tc = cfg.trainer
     amp = option(tc.amp)

@@ -306,6 +306,8 @@ def tracked_run(
         run.flush()
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        with contextlib.suppress(AttributeError):  # tells train() this error has its run
+            e.sweeplab_run_id = run.run_id
         with contextlib.suppress(Exception):  # never mask the original error
             run.flush()
             run.set_tags({"error": f"{type(e).__name__}: {e}"[:500]})
