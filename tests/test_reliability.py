@@ -56,6 +56,22 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> 
     raise AssertionError(f"never saw {needle!r}:\n" + "".join(lines[-30:]))
 
 
+def reference_and_killed(args: list[str], root: Path, *lines: str):
+    """Start `args` twice, in root/ref and root/cut; SIGKILL the second once it has printed
+    each of `lines` in turn (nothing can run: no handler, no cleanup). Returns the reference
+    process, still running, and both folders."""
+    ref_dir, cut_dir = root / "ref", root / "cut"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    reference = start(args, ref_dir)
+    interrupted = start(args, cut_dir)
+    for line in lines:
+        wait_for_line(interrupted, line)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.communicate(timeout=60)
+    return reference, ref_dir, cut_dir
+
+
 def only_run(root: Path, experiment: str = "synthetic"):
     client = client_for(root)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -148,14 +164,7 @@ def test_4_sigterm_and_ctrl_c_end_the_run_killed(sig, code, tmp_path):
 
 
 def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref_dir.mkdir()
-    cut_dir.mkdir()
-    reference = start(SLOW, ref_dir)
-    interrupted = start(SLOW, cut_dir)
-    wait_for_line(interrupted, "epoch 2/4")
-    interrupted.send_signal(signal.SIGKILL)  # nothing can run: no handler, no cleanup
-    interrupted.communicate(timeout=60)
+    reference, ref_dir, cut_dir = reference_and_killed(SLOW, tmp_path, "epoch 2/4")
     assert reference.communicate(timeout=600)[0] and reference.returncode == 0
     client, cut = only_run(cut_dir / "mlruns")
     assert cut.info.status == "RUNNING"  # what SIGKILL leaves behind ...

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_reliability import SLOW, client_for, start, wait_for_line
+from test_reliability import SLOW, client_for, reference_and_killed
 
 from conftest import TRAIN_SCRIPT, job_runs
 
@@ -25,15 +24,8 @@ def finals(root):
 
 @pytest.mark.slow
 def test_relaunched_sweep_skips_resumes_and_runs(tmp_path):
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref_dir.mkdir()
-    cut_dir.mkdir()
-    reference = start(SWEEP, ref_dir)
-    first = start(SWEEP, cut_dir)
-    wait_for_line(first, "#2 : ")  # job 3 of 4 has started ...
-    wait_for_line(first, "epoch 2/3")  # ... and checkpointed two epochs
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=60)
+    # killed once job 3 of 4 has started ("#2 : ") and checkpointed two epochs
+    reference, ref_dir, cut_dir = reference_and_killed(SWEEP, tmp_path, "#2 : ", "epoch 2/3")
     assert reference.communicate(timeout=900)[0] and reference.returncode == 0
 
     def relaunch(*extra):

@@ -14,13 +14,6 @@ from sweeplab.schema import launch_dir
 from sweeplab.sweep import SWEPT_KEYS_ENV
 
 
-def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
-    return mode is not None and mode.name == "MULTIRUN"
-
-
 def job_info(cfg: DictConfig) -> dict[str, Any]:
     """Run name and tags: overrides, Hydra dirs, git state and a command to reproduce the run."""
     from hydra.core.hydra_config import HydraConfig

@@ -27,13 +27,13 @@ from sweeplab.checkpoint import (
 )
 from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
-from sweeplab.job import in_multirun, job_info
+from sweeplab.job import job_info
 from sweeplab.loop import evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import ConfigError, launch_dir, option, validate
-from sweeplab.sweep import job_placement, job_tags, plan_job
+from sweeplab.sweep import in_multirun, job_placement, job_tags, plan_job
 
 log = logging.getLogger("sweeplab")
 

@@ -100,13 +100,19 @@ def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.envi
     return Placement(max(1, cores // k), gpu, k)
 
 
-def job_placement() -> Placement:
-    """`placement` for the running Hydra job (a no-op outside a parallel sweep)."""
+def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode.name != "MULTIRUN":
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    return mode is not None and mode.name == "MULTIRUN"
+
+
+def job_placement() -> Placement:
+    """`placement` for the running Hydra job (a no-op outside a parallel sweep)."""
+    if not in_multirun():
         return Placement(None, None, 1)
     import torch
+    from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -212,11 +218,11 @@ class PrepareStoreCallback(Callback):
             "hydra.launcher": str(config.hydra.launcher.get("_target_")).rsplit(".", 1)[-1],
         }
         name = "sweep " + (" ".join(o for o in config.hydra.overrides.task if "," in o) or sid)
-        uri = config.tracking.uri
-        self.parent = (uri, experiment_id, sid, open_parent(uri, experiment_id, sid, name, tags))
+        self.uri = config.tracking.uri
+        self.parent_id = open_parent(self.uri, experiment_id, sid, name, tags)
         self.sweep_dir = abspath(config.hydra.sweep.dir)
-        os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = self.parent[3], sid
-        log.info("sweep %s: parent run %s", sid, self.parent[3])
+        os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = self.parent_id, sid
+        log.info("sweep %s: parent run %s", sid, self.parent_id)
         # Hydra skips on_multirun_end when a job failed: atexit runs in every case but SIGKILL.
         atexit.register(self._finish)
 
@@ -234,7 +240,7 @@ class PrepareStoreCallback(Callback):
 
     def _finish(self) -> None:
         """Report, failed-job summary and parent status; once, whichever hook comes first."""
-        if getattr(self, "finished", False) or not hasattr(self, "parent"):
+        if getattr(self, "finished", False) or not hasattr(self, "parent_id"):
             return
         self.finished = True
         from sweeplab import report
@@ -243,7 +249,7 @@ class PrepareStoreCallback(Callback):
                        if status == "FAILED"}  # fmt: skip
         try:
             rows, no_run = report.finish_sweep(
-                self.parent[0], self.parent[3], self.sweep_dir, failed_jobs
+                self.uri, self.parent_id, self.sweep_dir, failed_jobs
             )
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
