@@ -21,8 +21,9 @@ from conftest import TRAIN_SCRIPT, job_runs
 from sweeplab import runner, train
 from sweeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sweeplab.loop import NonFiniteLossError
+from sweeplab.params import _shorten_key, flatten_config, write_config_files
 from sweeplab.redact import redact_override, redact_uri
-from sweeplab.tracking import TrackingError, _shorten_key, flatten_config, write_config_files
+from sweeplab.tracking import TrackingError
 
 # A synthetic job that takes a few seconds per epoch: long enough to be interrupted.
 SLOW = ["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=200", "trainer.epochs=4",

@@ -108,3 +108,22 @@ def restore_training_state(
         torch.cuda.set_rng_state_all(rng["cuda"])
     for name, g in generators.items():
         g.set_state(rng[name])
+
+
+def model_checkpoint(
+    model: torch.nn.Module,
+    model_config: dict,
+    dataset: str,
+    classes: list[str],
+    epoch: int,
+    val_acc: float,
+) -> dict[str, Any]:
+    """best.pt: model weights plus plain-typed metadata (readable with weights_only=True)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "val_acc": float(val_acc),
+        "classes": list(classes),
+        "model_config": model_config,
+        "dataset": dataset,
+    }

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sweeplab import tracking
+from sweeplab.params import git_state, relativize_paths
 from sweeplab.redact import redact_override
 from sweeplab.schema import launch_dir
 from sweeplab.sweep import SWEPT_KEYS_ENV
@@ -19,13 +19,13 @@ def job_info(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     overrides: list[str] = []  # redacted below: values of secret-looking keys never logged
-    tags = {**tracking.git_state(launch_dir())}
+    tags = {**git_state(launch_dir())}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
         overrides = [redact_override(o) for o in hc.overrides.task]
-        tags["hydra.output_dir"] = tracking.relativize_paths(hc.runtime.output_dir, launch_dir())
+        tags["hydra.output_dir"] = relativize_paths(hc.runtime.output_dir, launch_dir())
         if hc.mode is not None and hc.mode.name == "MULTIRUN":
-            tags["hydra.sweep_dir"] = tracking.relativize_paths(hc.sweep.dir, launch_dir())
+            tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
             tags["hydra.job_num"] = str(hc.job.num)
     if cfg.tracking.source_run_id:
         tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id

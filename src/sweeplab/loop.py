@@ -1,4 +1,4 @@
-"""The training loop itself: one epoch of training, one pass of evaluation. Plain PyTorch.
+"""The training loop itself: one epoch of training, one pass of evaluation, a progress bar.
 
 Nothing here knows about Hydra or MLflow. Running sums stay on the device (no `.item()` per
 batch), so a GPU step never waits for the host; they are read once per epoch. `reduce` sums a
@@ -8,6 +8,7 @@ tensor over DDP ranks (identity in a single process), so every rank sees the sam
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -154,3 +155,24 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluate() got no batches: the split is empty")
     return loss_sum.item() / total, confusion.diagonal().sum().item() / total, confusion
+
+
+class Progress:
+    """A tqdm bar on an interactive terminal; silent in logs/CI (the epoch line says it all)."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 25 == 0:  # reading the loss syncs the device: do it rarely
+                self.bar.set_postfix(loss=f"{loss.item():.4f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

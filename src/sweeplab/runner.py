@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from sweeplab import distributed, tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import (
     load_checkpoint,
+    model_checkpoint,
     restore_training_state,
     save_checkpoint,
     training_state,
@@ -28,9 +28,10 @@ from sweeplab.checkpoint import (
 from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
 from sweeplab.job import job_info
-from sweeplab.loop import evaluate, train_epoch
+from sweeplab.loop import Progress, evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
+from sweeplab.params import flatten_config, write_config_files
 from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
 from sweeplab.schema import ConfigError, launch_dir, option, validate
 from sweeplab.sweep import in_multirun, job_placement, job_tags, plan_job
@@ -202,8 +203,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     with sigterm_exits(), tracked as run:
         log.info("MLflow run %s (experiment %r)", run.run_id, cfg.tracking.experiment)
         if resumed is None:
-            run.log_params(tracking.flatten_config(cfg, launch_dir()))
-            for path in tracking.write_config_files(cfg, output_dir):
+            run.log_params(flatten_config(cfg, launch_dir()))
+            for path in write_config_files(cfg, output_dir):
                 run.log_artifact(path, "hydra")
             run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
         else:  # an epoch checkpointed but killed before its metrics were logged
@@ -213,7 +214,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                     run.log_metrics(_epoch_metrics(row), step=row["epoch"])
         try:
             for epoch in range(start_epoch, tc.epochs + 1):
-                progress = _progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
+                progress = Progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
                 batches = data.train.batches(
                     tc.batch_size, True, generators["shuffle"], drop_last=True
                 )
@@ -245,7 +246,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 if improved:
                     best_acc, best_epoch = val_acc, epoch
                     if main:
-                        ckpt = _checkpoint(model, cfg, data.classes, epoch, val_acc)
+                        ckpt = model_checkpoint(
+                            model, OmegaConf.to_container(cfg.model, resolve=True),
+                            str(cfg.dataset.name), data.classes, epoch, val_acc,
+                        )  # fmt: skip
                         save_checkpoint(ckpt, best_path)
                         run.log_artifact(best_path, "checkpoints")
                     else:
@@ -299,36 +303,3 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
 def _epoch_metrics(row: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if k != "epoch"}
-
-
-def _checkpoint(model, cfg: DictConfig, classes: list[str], epoch: int, val_acc: float) -> dict:
-    """Model weights plus plain-typed metadata (readable with weights_only=True)."""
-    return {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "epoch": epoch,
-        "val_acc": float(val_acc),
-        "classes": list(classes),
-        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
-        "dataset": str(cfg.dataset.name),
-    }
-
-
-class _progress:
-    """A tqdm bar on an interactive terminal; silent in logs/CI (the epoch line says it all)."""
-
-    def __init__(self, total: int, desc: str):
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def __call__(self, step: int, loss: torch.Tensor) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if step % 25 == 0:  # reading the loss syncs the device: do it rarely
-                self.bar.set_postfix(loss=f"{loss.item():.4f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

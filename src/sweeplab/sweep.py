@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from sweeplab import tracking
 from sweeplab.errors import SweeplabError
+from sweeplab.params import relativize_paths
 from sweeplab.redact import redact_override
 from sweeplab.schema import abspath
 
@@ -207,13 +208,11 @@ class PrepareStoreCallback(Callback):
             return
         sid = sweep_id(config)
         command = " ".join(["python", *(shlex.quote(redact_override(a)) for a in sys.argv)])
-        command = tracking.relativize_paths(command, abspath("."))
+        command = relativize_paths(command, abspath("."))
         tags = {
             "sweeplab.command": command,
             "sweeplab.swept": ",".join(keys),
-            "hydra.sweep_dir": tracking.relativize_paths(
-                abspath(config.hydra.sweep.dir), abspath(".")
-            ),
+            "hydra.sweep_dir": relativize_paths(abspath(config.hydra.sweep.dir), abspath(".")),
             "hydra.sweeper": str(config.hydra.sweeper.get("_target_")).rsplit(".", 1)[-1],
             "hydra.launcher": str(config.hydra.launcher.get("_target_")).rsplit(".", 1)[-1],
         }
