@@ -18,15 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sweeplab.errors import SweeplabError
-from sweeplab.redact import (
-    redact_uri,
-)
+from sweeplab.params import MAX_PARAM_VALUE
+from sweeplab.redact import redact_uri
 from sweeplab.schema import abspath
 
 log = logging.getLogger(__name__)
 
-MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 BATCH = 100  # params/tags per log_batch call
 
 
