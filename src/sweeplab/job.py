@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from sweeplab.params import git_state, relativize_paths
 from sweeplab.redact import redact_override
 from sweeplab.schema import launch_dir
-from sweeplab.sweep import SWEPT_KEYS_ENV
+from sweeplab.sweep import SWEPT_KEYS_ENV, in_multirun
 
 
 def job_info(cfg: DictConfig) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def job_info(cfg: DictConfig) -> dict[str, Any]:
         hc = HydraConfig.get()
         overrides = [redact_override(o) for o in hc.overrides.task]
         tags["hydra.output_dir"] = relativize_paths(hc.runtime.output_dir, launch_dir())
-        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+        if in_multirun():
             tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
             tags["hydra.job_num"] = str(hc.job.num)
     if cfg.tracking.source_run_id:

@@ -200,9 +200,9 @@ def write_report(client, rows: list[Row], swept: list[str], title: str, out: Pat
 # --- a sweep's end, and the command ----------------------------------------------------------
 
 
-def sweep_status(rows: list[Row], failed_without_run: int = 0) -> str:
+def sweep_status(rows: list[Row]) -> str:
     statuses = {r.status for r in rows}
-    if failed_without_run or "FAILED" in statuses:
+    if "FAILED" in statuses:
         return "FAILED"
     if statuses - {"FINISHED"} or not rows:
         return "KILLED"  # interrupted (KILLED / still RUNNING) or nothing ran
@@ -233,22 +233,15 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     return rows
 
 
-def finish_sweep(
-    uri: str, parent_id: str, sweep_dir: str | None, failed_jobs: dict[str, str]
-) -> tuple[list[Row], dict[str, str]]:
-    """When a sweep's launching process ends: report, then the parent run's status.
-
-    `failed_jobs` (overrides -> error) are the failures the launching process saw itself; those
-    with no run in MLflow (bad input caught before the run existed) are returned apart."""
+def finish_sweep(uri: str, parent_id: str, sweep_dir: str | None) -> list[Row]:
+    """When a sweep's launching process ends: report, then the parent run's status."""
     from sweeplab import tracking
 
     client = tracking._client(uri)
     parent = client.get_run(parent_id)
     rows = report_sweep(client, parent, Path(sweep_dir) if sweep_dir else None)
-    tracked = {r.overrides for r in rows}
-    no_run = {o: e for o, e in failed_jobs.items() if o not in tracked}
-    client.set_terminated(parent_id, status=sweep_status(rows, len(no_run)))
-    return rows, no_run
+    client.set_terminated(parent_id, status=sweep_status(rows))
+    return rows
 
 
 def find_parent(client, target: str):

@@ -199,7 +199,6 @@ class PrepareStoreCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         experiment_id = self._prepare(config, config.hydra.sweep.dir)
-        self.jobs: list[tuple[str, str, str]] = []
         keys = swept_keys(list(config.hydra.overrides.task))
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         # Jobs name their runs after the swept keys only; workers inherit the environment.
@@ -228,15 +227,6 @@ class PrepareStoreCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish()
 
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if hasattr(self, "jobs"):  # in-process launchers only; workers report via MLflow
-            status = job_return.status.name
-            error = ""
-            if status == "FAILED":
-                e = job_return._return_value
-                error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
-            self.jobs.append((" ".join(job_return.overrides), status, error))
-
     def _finish(self) -> None:
         """Report, failed-job summary and parent status; once, whichever hook comes first."""
         if getattr(self, "finished", False) or not hasattr(self, "parent_id"):
@@ -244,19 +234,14 @@ class PrepareStoreCallback(Callback):
         self.finished = True
         from sweeplab import report
 
-        failed_jobs = {overrides: error for overrides, status, error in self.jobs
-                       if status == "FAILED"}  # fmt: skip
-        try:
-            rows, no_run = report.finish_sweep(
-                self.uri, self.parent_id, self.sweep_dir, failed_jobs
-            )
+        try:  # jobs that failed before their run existed have a FAILED run (runner.train)
+            rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir)
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
             return
         failed = [(r.overrides, r.status, r.error) for r in rows if r.status != "FINISHED"]
-        failed += [(overrides, "NO RUN", error) for overrides, error in no_run.items()]
         if failed:
-            lines = [f"sweep summary: {len(failed)} of {len(rows) + len(no_run)} jobs failed"]
+            lines = [f"sweep summary: {len(failed)} of {len(rows)} jobs failed"]
             lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]
             print("\n".join(lines), file=sys.stderr)
 
