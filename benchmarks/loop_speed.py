@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from sweeplab import augment as aug
+from sweeplab import mixing
 from sweeplab.data import TensorSplit
 from sweeplab.loop import train_epoch
 from sweeplab.models import simple_cnn
@@ -119,18 +120,20 @@ def bare_epoch(split: TensorSplit, batch: int) -> float:
 
 
 def augmentation_throughput(batch: int, repeats: int) -> dict[str, float]:
-    x = make_data(batch).images
+    data = make_data(batch)
+    x, y = data.images, data.labels
     g = torch.Generator().manual_seed(0)
     options = {
         "standard": aug.standard(), "seed_tutorial": aug.seed_tutorial(),
         "randaugment": aug.randaugment(), "trivialaugment": aug.trivialaugment(),
+        "mixup": mixing.mixup(10), "cutmix": mixing.cutmix(10),
     }  # fmt: skip
     out = {}
     for name, fn in options.items():
-        fn(x, g)  # warm-up
+        fn(x, y, g)  # warm-up
         start = time.perf_counter()
         for _ in range(repeats):
-            fn(x, g)
+            fn(x, y, g)
         out[name] = batch * repeats / (time.perf_counter() - start)
     return out
 
@@ -146,7 +149,7 @@ def data_share_of_step(batch: int, repeats: int) -> float:
     data_t = step_t = 0.0
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        xb = norm(standard(x, g))
+        xb = norm(standard(x, y, g)[0])
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_fn(model(xb), y).backward()

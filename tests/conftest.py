@@ -1,8 +1,10 @@
 """Shared fixtures: configs composed with hydra.compose and shrunk for a 2-core CPU.
 
-MNIST comes from $SWEEPLAB_DATA_DIR (CI points it at ../shared/data); nothing is downloaded.
-One MLflow sqlite store serves the whole session (creating one costs seconds); each test logs
-into its own experiment so tests never see each other's runs.
+MNIST comes from $SWEEPLAB_DATA_DIR when it is set (CI points it at ../shared/data), else it is
+downloaded once through torchvision into the user's cache ($XDG_CACHE_HOME/sweeplab, else
+~/.cache/sweeplab). CIFAR-10/100 and Fashion-MNIST are tiny random files in torchvision's own
+formats (fake_datasets.py). One MLflow sqlite store serves the whole session (creating one costs
+seconds); each test logs into its own experiment so tests never see each other's runs.
 """
 
 from __future__ import annotations
@@ -31,15 +33,59 @@ def compose_cfg(overrides: list[str] = ()) -> DictConfig:
         return compose("train", overrides=list(overrides))
 
 
+DATA_ENV = "SWEEPLAB_DATA_DIR"
+
+
+def mnist_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeplab"
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    root = os.environ.get("SWEEPLAB_DATA_DIR")
-    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
-        pytest.fail(
-            "MNIST is needed: set SWEEPLAB_DATA_DIR to a folder holding MNIST/raw "
-            "(torchvision layout), e.g. SWEEPLAB_DATA_DIR=../shared/data"
+    """A folder holding MNIST/raw: $SWEEPLAB_DATA_DIR, else the user's cache (downloaded once,
+    under the lock a sweep uses). If neither works the session stops with one line."""
+    import torchvision
+
+    from sweeplab.data import download_lock
+
+    root = os.environ.get(DATA_ENV)
+    if root:
+        if not (Path(root) / "MNIST" / "raw").is_dir():
+            pytest.exit(f"{DATA_ENV}={root} holds no MNIST/raw (torchvision layout)", 4)
+        return Path(root).resolve()
+    cache = mnist_cache()
+    try:
+        with download_lock(str(cache), "mnist"):
+            for train in (True, False):
+                torchvision.datasets.MNIST(str(cache), train=train, download=True)
+    except Exception as e:
+        cause = f"{type(e).__name__}: {e}".splitlines()[0].rstrip(":")
+        pytest.exit(
+            f"MNIST is needed: {DATA_ENV} is not set and torchvision's MNIST download into "
+            f"{cache} failed ({cause}). Set {DATA_ENV} to a folder holding MNIST/raw "
+            "(torchvision layout), e.g. SWEEPLAB_DATA_DIR=../shared/data",
+            4,
         )
-    return Path(root).resolve()
+    return cache
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory) -> Path:
+    """Tiny CIFAR-10, CIFAR-100 and Fashion-MNIST in torchvision's on-disk formats."""
+    from fake_datasets import WRITERS
+
+    root = tmp_path_factory.mktemp("fake-data")
+    for write in WRITERS.values():
+        write(root)
+    return root
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    """torchvision's CIFAR md5 check becomes an existence check, for this test only."""
+    from fake_datasets import patch_torchvision
+
+    patch_torchvision(monkeypatch.setattr)
 
 
 @pytest.fixture(scope="session")

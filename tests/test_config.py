@@ -23,7 +23,7 @@ def test_groups_offer_what_the_readme_promises():
     assert GROUPS["optimizer"] == ["adam", "adamw", "rmsprop", "sgd"]
     assert GROUPS["scheduler"] == ["cosine", "none", "onecycle", "step"]
     assert GROUPS["augmentation"] == [
-        "none", "randaugment", "seed_tutorial", "standard", "trivialaugment",
+        "cutmix", "mixup", "none", "randaugment", "seed_tutorial", "standard", "trivialaugment",
     ]  # fmt: skip
 
 
@@ -124,7 +124,7 @@ def test_every_augmentation_option_composes_and_builds(option):
     validate(cfg)
     aug = build(cfg.augmentation)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    assert aug(x, torch.Generator().manual_seed(0)).shape == x.shape
+    assert aug(x, torch.arange(8), torch.Generator().manual_seed(0))[0].shape == x.shape
 
 
 # --- bad input: one clear error naming the key -----------------------------------------------

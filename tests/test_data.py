@@ -1,11 +1,21 @@
-"""Data: real MNIST as device tensors, fixed val split, whole-set batching, image folders."""
+"""Data: real MNIST as device tensors, fixed val split, whole-set batching, image folders;
+CIFAR-10/100 and Fashion-MNIST through torchvision's own file formats; one download at a time."""
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import fake_datasets
 import pytest
 import torch
 
-from conftest import compose_cfg
+from conftest import REPO, compose_cfg
 from sweeplab.data import DatasetError, TensorSplit, split_train_val
 from sweeplab.loop import evaluate
 from sweeplab.runner import build
@@ -104,3 +114,105 @@ def test_image_folder_without_images_is_refused(tmp_path):
     cfg = compose_cfg(["dataset=imagefolder", f"dataset.root={tmp_path / 'empty'}"])
     with pytest.raises(DatasetError, match="empty"):
         build(cfg.dataset, device=CPU, seed=0)
+
+
+# --- torchvision's own file formats, through dataset=... (tiny random files, fake_datasets.py) --
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"),
+    [
+        ("cifar10", (3, 32, 32), fake_datasets.CIFAR10_CLASSES),
+        ("cifar100", (3, 32, 32), [f"class{i:02d}" for i in range(100)]),
+        ("fashion_mnist", (1, 28, 28), ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+    ],
+)  # fmt: skip
+def test_torchvision_formats_load_through_the_dataset_option(
+    name, shape, classes, fake_data_root, fake_torchvision
+):
+    cfg = compose_cfg([f"dataset={name}", f"dataset.root={fake_data_root}"])
+    data = build(cfg.dataset, device=CPU, seed=0)
+    train_n, test_n = fake_datasets.SIZES["train"], fake_datasets.SIZES["test"]
+    assert (len(data.train), len(data.val), len(data.test)) == (
+        train_n * 0.9,
+        train_n * 0.1,
+        test_n,
+    )
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == torch.uint8 and split.images.shape[1:] == shape
+        assert split.labels.dtype == torch.int64 and split.labels.max() < len(classes)
+    assert data.classes == classes
+    # pixel for pixel what the files hold: CIFAR rows are R, G, B planes of 32x32
+    written, labels = fake_datasets._images(test_n, (3072,) if shape[0] == 3 else shape[1:], 0)
+    assert torch.equal(data.test.images, torch.from_numpy(written).view(test_n, *shape))
+    if name != "cifar100":  # CIFAR-100's fine labels are drawn by a generator of their own
+        assert data.test.labels.tolist() == labels
+
+
+def test_parallel_loads_of_a_missing_dataset_download_it_once(tmp_path, monkeypatch):
+    log = tmp_path / "downloads.log"
+    monkeypatch.setenv("SWEEPLAB_FAKE_DOWNLOAD_LOG", str(log))
+    monkeypatch.setenv("SWEEPLAB_FAKE_DOWNLOAD_SECONDS", "1")
+    fake_datasets.patch_torchvision(monkeypatch.setattr)
+    cfg = compose_cfg(["dataset=cifar10", f"dataset.root={tmp_path / 'data'}"])
+    results = []
+
+    def load():
+        results.append(len(build(cfg.dataset, device=CPU, seed=0).test))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [fake_datasets.SIZES["test"]] * 3
+    assert len(log.read_text().splitlines()) == 1  # the others waited on the lock, then read
+
+
+def _pytest_without_data_dir(tmp_path: Path, sitecustomize: str) -> subprocess.CompletedProcess:
+    """README's test command (one MNIST test of it) with SWEEPLAB_DATA_DIR unset, a fresh
+    cache, and `sitecustomize` run first in the process (to point the download somewhere)."""
+    env = {k: v for k, v in os.environ.items() if k != "SWEEPLAB_DATA_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(sitecustomize)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    test = "tests/test_data.py::test_mnist_loads_as_uint8_tensors_with_a_val_split"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_without_data_dir_mnist_is_downloaded_once_into_the_user_cache(tmp_path, data_dir):
+    """torchvision's real download code, from a local server holding the official .gz files."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(data_dir / "MNIST/raw"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        proc = _pytest_without_data_dir(
+            tmp_path,
+            f"import torchvision.datasets\ntorchvision.datasets.MNIST.mirrors = {[mirror]}\n",
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    raw = tmp_path / "cache" / "sweeplab" / "MNIST" / "raw"
+    assert {"train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"} <= {p.name for p in raw.iterdir()}
+
+
+def test_without_data_dir_and_offline_the_session_stops_with_one_line(tmp_path):
+    proc = _pytest_without_data_dir(
+        tmp_path,
+        "import urllib.request\n"
+        "def _offline(*a, **k):\n"
+        "    raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')\n"
+        "urllib.request.urlopen = _offline\n",
+    )
+    assert proc.returncode == 4, proc.stdout[-2000:]
+    (line,) = [x for x in proc.stdout.splitlines() if "MNIST is needed" in x]
+    assert "SWEEPLAB_DATA_DIR is not set" in line and str(tmp_path / "cache") in line
+    assert "download" in line and "Traceback" not in proc.stdout

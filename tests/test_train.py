@@ -92,9 +92,9 @@ def test_best_checkpoint_is_safe_to_load_and_reproduces_test_acc(small_cfg, clie
 def test_augmentation_touches_training_batches_only(small_cfg, monkeypatch):
     seen = []
 
-    def recording(x, g=None):
+    def recording(x, y, g=None):
         seen.append(len(x))
-        return x
+        return x, y
 
     monkeypatch.setattr(runner, "build", _replacing(runner.build, "augment", lambda: recording))
     cfg = small_cfg("trainer.epochs=2", "trainer.batch_size=32")

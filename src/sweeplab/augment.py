@@ -1,8 +1,13 @@
 """Augmentations applied to whole batches on the training device, with per-sample randomness.
 
-Every option is a factory returning `aug(x, generator) -> x`, where x is an N×C×H×W batch of
-uint8 (or float in [0, 1]) images; ops that must interpolate return float in [0, 1]. Only the
-training loop calls these: val/test batches go straight to `Normalize`.
+Every option is a factory returning `aug(x, y, generator) -> (x, target)`: x is an N×C×H×W
+batch of uint8 (or float in [0, 1]) images, y its int64 labels. Ops that must interpolate return
+float in [0, 1]; most options leave the labels alone, mixup/cutmix (mixing.py) return soft
+targets (N×classes probabilities) for the loss. Only the training loop calls these: val/test
+batches go straight to `Normalize`.
+
+Flips are left out where a mirrored image is another class (a mirrored 2 is not a digit): the
+knobs default to `${sweeplab.flip_p:0.5}`, which is 0 when `dataset.flips_keep_label` is false.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+Augment = Callable[
+    [torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]
+]
 
 
 class Normalize:
@@ -96,15 +103,21 @@ def random_rotation(x: torch.Tensor, degrees: float, g) -> torch.Tensor:
 # --- options (one factory per conf/augmentation/*.yaml) ------------------------------------
 
 
+def images_only(fn: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]) -> Augment:
+    """An image transform as an augmentation option: the labels pass through unchanged."""
+
+    def aug(x, y, g=None):
+        return fn(x, g), y
+
+    return aug
+
+
 def none() -> Augment:
-    return lambda x, g=None: x
+    return lambda x, y, g=None: (x, y)
 
 
 def standard(padding: int = 4, hflip_p: float = 0.5) -> Augment:
-    def aug(x, g=None):
-        return random_crop(x, padding, g, hflip_p)
-
-    return aug
+    return images_only(lambda x, g=None: random_crop(x, padding, g, hflip_p))
 
 
 def seed_tutorial(hflip_p: float = 0.5, vflip_p: float = 0.5, degrees: float = 10.0) -> Augment:
@@ -113,7 +126,7 @@ def seed_tutorial(hflip_p: float = 0.5, vflip_p: float = 0.5, degrees: float = 1
         x = random_flip(x, vflip_p, 2, g)
         return random_rotation(x, degrees, g) if degrees > 0 else x
 
-    return aug
+    return images_only(aug)
 
 
 def randaugment(num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> Augment:
@@ -127,7 +140,7 @@ def randaugment(num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 
             x = _random_op(x, _space("rand", num_magnitude_bins, x.shape[-1]), bins, g)
         return x
 
-    return aug
+    return images_only(aug)
 
 
 def trivialaugment(num_magnitude_bins: int = 31) -> Augment:
@@ -137,7 +150,7 @@ def trivialaugment(num_magnitude_bins: int = 31) -> Augment:
         bins = torch.randint(0, num_magnitude_bins, (len(x),), generator=g, device=x.device)
         return _random_op(x, _space("wide", num_magnitude_bins, x.shape[-1]), bins, g)
 
-    return aug
+    return images_only(aug)
 
 
 # --- RandAugment / TrivialAugment ops: each takes a float batch and per-sample magnitudes ----

@@ -8,15 +8,19 @@ normalisation are identical for every dataset (see augment.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sweeplab.errors import SweeplabError
+
+log = logging.getLogger("sweeplab")
 
 
 class DatasetError(SweeplabError, RuntimeError):
@@ -104,6 +108,7 @@ class Data:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    flips_keep_label: bool = True  # false where a mirrored image is another class (digits)
 
 
 def split_train_val(
@@ -140,6 +145,7 @@ def torchvision_dataset(
     download: bool,
     val_fraction: float,
     train_subset: int | None,
+    flips_keep_label: bool,
     num_classes: int,
     in_channels: int,
     image_size: int,
@@ -160,10 +166,12 @@ def torchvision_dataset(
             f"{name} has (num_classes, in_channels, image_size)={got} but the config says "
             f"{(num_classes, in_channels, image_size)}"
         )
-    return in_memory(
+    data = in_memory(
         TensorSplit(train_x, train_y), TensorSplit(test_x, test_y), classes, mean, std,
         val_fraction, train_subset, device, seed,
     )  # fmt: skip
+    data.flips_keep_label = flips_keep_label
+    return data
 
 
 def in_memory(
@@ -191,13 +199,16 @@ def in_memory(
 
 
 def _read_torchvision(name: str, root: str, download: bool, train: bool):
-    import torchvision
-
     cls_name, folder = TORCHVISION_SETS[name]
-    cls = getattr(torchvision.datasets, cls_name)
     expected = Path(root) / folder
     try:
-        ds = cls(root=root, train=train, download=download)
+        try:  # the files are usually there: read them without taking the download lock
+            ds = _open_torchvision(name, root, train, download=False)
+        except Exception:
+            if not download:
+                raise
+            with download_lock(root, name):  # missing (or being written by another job)
+                ds = _open_torchvision(name, root, train, download=True)
     except Exception as e:  # urllib/HTTP errors, "Dataset not found", corrupt archives, ...
         cause = f"{type(e).__name__}: {e}".splitlines()[0]
         if expected.is_dir() and any(expected.iterdir()):
@@ -221,6 +232,40 @@ def _read_torchvision(name: str, root: str, download: bool, train: bool):
     return images.contiguous(), labels, [str(c) for c in ds.classes]
 
 
+def _open_torchvision(name: str, root: str, train: bool, download: bool):
+    import torchvision
+
+    cls = getattr(torchvision.datasets, TORCHVISION_SETS[name][0])
+    return cls(root=root, train=train, download=download)
+
+
+def download_lock(root: str, name: str):
+    """One process at a time downloads `name` into `root`: parallel sweep jobs (or two sweeps)
+    wait here, then find the files there and skip the download."""
+    from filelock import FileLock
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(root) / f".sweeplab-{name}.lock"))
+
+
+def fetch_dataset_files(dataset: DictConfig) -> None:
+    """Make a torchvision dataset's files present before a run or sweep starts (called once, in
+    the launching process), so its jobs only read them. Missing files are downloaded under
+    `download_lock`; an unusable download ends here with the same DatasetError a job would give.
+    Datasets whose files are there are not read (that is the job's work)."""
+    if dataset.get("_target_") != f"{__name__}.torchvision_dataset" or not dataset.download:
+        return
+    name, root = str(dataset.name), str(dataset.root)
+    if name not in TORCHVISION_SETS:
+        return  # torchvision_dataset reports the unknown name with the valid ones
+    folder = Path(root) / TORCHVISION_SETS[name][1]
+    if folder.is_dir() and any(folder.iterdir()):
+        return
+    log.info("%s: downloading into %s once, before any job starts", name, root)
+    for train in (True, False):
+        _read_torchvision(name, root, download=True, train=train)
+
+
 # --- synthetic -----------------------------------------------------------------------------
 
 
@@ -230,6 +275,7 @@ def synthetic_dataset(
     num_test: int,
     val_fraction: float,
     train_subset: int | None,
+    flips_keep_label: bool,
     noise: float,
     num_classes: int,
     in_channels: int,
@@ -253,10 +299,12 @@ def synthetic_dataset(
         return TensorSplit((pixels * 255).round().to(torch.uint8), labels)
 
     classes = [f"class_{i}" for i in range(num_classes)]
-    return in_memory(
+    data = in_memory(
         make(num_train), make(num_test), classes, mean, std, val_fraction, train_subset,
         device, seed,
     )  # fmt: skip
+    data.flips_keep_label = flips_keep_label
+    return data
 
 
 # --- image folders -------------------------------------------------------------------------
@@ -268,6 +316,7 @@ def imagefolder_dataset(
     val_fraction: float,
     test_fraction: float,
     train_subset: int | None,
+    flips_keep_label: bool,
     num_classes: int,
     in_channels: int,
     image_size: int,
@@ -340,4 +389,5 @@ def imagefolder_dataset(
         classes=list(full.classes),
         mean=tuple(mean),
         std=tuple(std),
+        flips_keep_label=flips_keep_label,
     )

@@ -62,8 +62,9 @@ def train_epoch(
     epoch: int = 0,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> dict[str, float]:
-    """Train one epoch; returns train_loss, train_acc (over every image seen), speed, and the
-    first step's time (which includes torch.compile's compilation in a compiled model)."""
+    """Train one epoch; returns train_loss, train_acc (over every image seen, against each
+    image's own label, also under mixup/cutmix), speed, and the first step's time (which
+    includes torch.compile's compilation in a compiled model)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -74,10 +75,11 @@ def train_epoch(
     _sync(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
-        x = normalize(augment(x, generator))
+        x, target = augment(x, y, generator)  # target: y, or soft labels from mixup/cutmix
+        x = normalize(x)
         with autocast(device, amp):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, target)
         nonfinite |= ~torch.isfinite(reduce(loss.detach().float().clone()))  # any rank's NaN
         if (step + 1) % check_every == 0:
             _raise_if(nonfinite, epoch, step, check_every)

@@ -117,6 +117,12 @@ def data_root() -> str:
     return abspath(os.environ.get("SWEEPLAB_DATA_DIR") or "data")
 
 
+def flip_p(p: float, *, _root_: DictConfig) -> float:
+    """A flip probability, or 0 where the dataset says a mirrored image changes its class."""
+    keeps = OmegaConf.select(_root_, "dataset.flips_keep_label", default=True)
+    return float(p) if keeps else 0.0
+
+
 def count_classes(root: str) -> int:
     """Number of class folders of an image folder (its train/ split if it has one)."""
     base = Path(abspath(root))
@@ -131,6 +137,7 @@ for _name, _fn in {
     "sweeplab.abspath": abspath,
     "sweeplab.data_root": data_root,
     "sweeplab.count_classes": count_classes,
+    "sweeplab.flip_p": flip_p,
 }.items():
     OmegaConf.register_new_resolver(_name, _fn, replace=True)
 
@@ -154,6 +161,8 @@ RANGE_CHECKS = [
     ("trainer.num_threads", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("dataset.val_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
     ("dataset.train_subset", lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    ("augmentation.alpha", lambda v: v > 0, "a number > 0 (the Beta(alpha, alpha) of the mix)"),
+    ("augmentation.hflip_p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
 ]
 
 

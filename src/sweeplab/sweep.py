@@ -176,20 +176,25 @@ def open_parent(uri: str, experiment_id: str, sid: str, name: str, tags: dict) -
 
 
 class PrepareStoreCallback(Callback):
-    """Hydra callback: set up store and experiment once, before any job of a run or sweep; for
-    a sweep also its parent run, and the report when the sweep ends (even if jobs failed).
+    """Hydra callback: set up store and experiment once, and download the dataset if it is
+    missing, before any job of a run or sweep; for a sweep also its parent run, and the report
+    when the sweep ends (even if jobs failed).
 
     The config is validated first, so bad input ends with one message and creates nothing.
     """
 
     def _prepare(self, config: DictConfig, output_dir: str) -> str:
+        from sweeplab.data import fetch_dataset_files
         from sweeplab.schema import validate
 
         try:
             validate(config)
             tracking.ensure_writable(abspath(output_dir), "hydra output dir")
             t = config.tracking
-            return tracking.prepare_store(t.uri, t.root, t.experiment)
+            experiment_id = tracking.prepare_store(t.uri, t.root, t.experiment)
+            if not config.sweep.dry_run:  # one download, here, not one per job
+                fetch_dataset_files(config.dataset)
+            return experiment_id
         except SweeplabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
