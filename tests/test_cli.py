@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_datasets import CIFAR10_CLASSES, subprocess_env
 
 from conftest import TRAIN_SCRIPT, job_runs
 
@@ -35,6 +36,7 @@ def headline_sweep(tmp_path_factory, data_dir):
     return cwd, client, proc
 
 
+@pytest.mark.slow
 def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_sweep):
     cwd, client, _ = headline_sweep
     experiments = [e.name for e in client.search_experiments()]
@@ -64,6 +66,7 @@ def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_swee
     assert "model" in torch.load(best, weights_only=True)
 
 
+@pytest.mark.slow
 def test_rerun_from_saved_hydra_config_gives_equal_metrics(headline_sweep, data_dir):
     cwd, client, _ = headline_sweep
     exp = client.get_experiment_by_name("mnist")
@@ -83,6 +86,65 @@ def test_rerun_from_saved_hydra_config_gives_equal_metrics(headline_sweep, data_
         a = [m.value for m in client.get_metric_history(original.info.run_id, name)]
         b = [m.value for m in client.get_metric_history(again.info.run_id, name)]
         assert a == b, name
+
+
+HEADLINE = [
+    sys.executable,
+    str(TRAIN_SCRIPT),
+    "-m",
+    "optimizer=sgd,adam",
+    "model=simple_cnn,resnet18",
+]
+TINY = ["trainer.epochs=1", "trainer.batch_size=32"]
+
+
+@pytest.mark.slow
+def test_headline_sweep_runs_on_the_default_dataset_cifar10(tmp_path, fake_data_root):
+    """The headline command as written (plus a tiny size) on dataset=cifar10, the default,
+    through files in torchvision's CIFAR-10 format."""
+    env = subprocess_env(tmp_path, SWEEPLAB_DATA_DIR=str(fake_data_root), HYDRA_FULL_ERROR="0")
+    proc = subprocess.run([*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("cifar10")
+    runs = job_runs(client, exp.experiment_id)
+    assert sorted(r.info.run_name for r in runs) == sorted(
+        f"optimizer={o},model={m}" for o in ("sgd", "adam") for m in ("simple_cnn", "resnet18")
+    )
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["dataset.name"] == "cifar10"
+        assert {f"test_f1_{c}" for c in CIFAR10_CLASSES} <= set(r.data.metrics)
+        assert 0 <= r.data.metrics["test_acc"] <= 1
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_downloads_its_dataset_once_before_any_job(tmp_path):
+    """joblib, 2 jobs at once, an empty data folder: the launching process downloads (a fake
+    download that logs its pid and takes 3 s), the jobs only read."""
+    log = tmp_path / "downloads.log"
+    env = subprocess_env(
+        tmp_path, SWEEPLAB_DATA_DIR=str(tmp_path / "data"), SWEEPLAB_FAKE_DOWNLOAD_LOG=str(log),
+        SWEEPLAB_FAKE_DOWNLOAD_SECONDS="3", HYDRA_FULL_ERROR="0",
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), "-m", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2", "optimizer=sgd,adam", "model=lenet", *TINY],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert log.read_text().split() == [str(proc.pid)]  # once, by the launching process
+    assert "cifar10: downloading into" in out + err
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = job_runs(client, client.get_experiment_by_name("cifar10").experiment_id)
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    assert {r.data.params["dataset.name"] for r in runs} == {"cifar10"}
 
 
 @pytest.mark.parametrize(

@@ -150,6 +150,7 @@ def test_3_in_process_the_next_job_starts_clean(small_cfg, monkeypatch):
 # --- 4, 5, 7: signals, kills and exact resume ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_4_sigterm_and_ctrl_c_end_the_run_killed(sig, code, tmp_path):
     proc = start(SLOW, tmp_path)
@@ -164,6 +165,7 @@ def test_4_sigterm_and_ctrl_c_end_the_run_killed(sig, code, tmp_path):
     assert load_checkpoint(last.parent / "best.pt")["epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     reference, ref_dir, cut_dir = reference_and_killed(SLOW, tmp_path, "epoch 2/4")
     assert reference.communicate(timeout=600)[0] and reference.returncode == 0

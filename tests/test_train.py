@@ -33,6 +33,33 @@ def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small
         assert f"test_f1_class_{k}" in run.data.metrics
 
 
+@pytest.fixture(scope="module")
+def unaugmented_loss(store_root, tmp_path_factory):
+    """Epoch-1 train loss with augmentation=none, to compare every option against."""
+    from conftest import compose_cfg
+
+    cfg = compose_cfg([
+        "dataset=synthetic", "dataset.num_train=320", "dataset.num_test=100",
+        "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu",
+        f"tracking.root={store_root}", "tracking.experiment=test-unaugmented",
+        f"output_dir={tmp_path_factory.mktemp('none')}", "augmentation=none",
+    ])  # fmt: skip
+    return train(cfg)["history"][0]["train_loss"]
+
+
+@pytest.mark.parametrize("option", [o for o in GROUPS["augmentation"] if o != "none"])
+def test_every_augmentation_option_trains_and_changes_the_training_batches(
+    option, small_cfg, client, unaugmented_loss
+):
+    # flips on, so that every option has something to apply on the synthetic set
+    cfg = small_cfg(f"augmentation={option}", "dataset.flips_keep_label=true")
+    result = train(cfg)
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    loss = result["history"][0]["train_loss"]
+    assert torch.isfinite(torch.tensor(loss)) and loss != unaugmented_loss
+    assert 0 <= result["test_acc"] <= 1
+
+
 def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
     result = train(small_cfg("trainer.epochs=3"))
     run_id = result["run_id"]

@@ -1,8 +1,17 @@
-"""The MLflow UI lists a sweep's runs with their metrics, checked in a real headless Chromium.
+"""What a user sees in the MLflow UI after a sweep, clicked through in a real headless Chromium.
 
-A 2-job sweep logs into a local sqlite store, `mlflow ui` serves it, and Chromium (Debian's
-`chromium` package; `.ci/run` installs it) renders the experiment's runs page. The check reads
-the DOM after the page has loaded; the screenshot is written too. Refresh docs/mlflow_ui.png with:
+A 2-job sweep logs into a local sqlite store and `mlflow ui` serves it. Playwright drives
+Debian's `chromium` (`.ci/run` installs it) from the experiment's plain URL, with a fresh
+profile and no view settings, and does what README's "first five minutes" tells a user to do:
+
+1. the plain URL opens MLflow 3's GenAI page (MLflow 3.17 ignores the experiment's
+   `mlflow.experimentKind` tag and follows the "GenAI / Model training" switch, stored per
+   browser), so: click "Model training" (and "Got it" on the GenAI tip if it pops up first);
+2. "Columns": tick best_val_acc and test_acc (a fresh browser shows no metric columns);
+3. expand the sweep's row (its jobs are nested under it); close the Assistant panel.
+
+Then the jobs' names and their best_val_acc / test_acc values must be in view. Refresh
+README's screenshot with:
 
     SWEEPLAB_UI_SCREENSHOT=docs/mlflow_ui.png SWEEPLAB_DATA_DIR=../shared/data \\
         pytest tests/test_ui.py
@@ -10,18 +19,14 @@ the DOM after the page has loaded; the screenshot is written too. Refresh docs/m
 
 from __future__ import annotations
 
-import html
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from servers import mlflow_server_running
+from servers import missing_service, mlflow_server_running
 
 from conftest import TRAIN_SCRIPT
 
@@ -29,64 +34,27 @@ SWEEP = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=synt
          "dataset.num_train=320", "dataset.num_test=100", "trainer.epochs=3",
          "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1",
          "optimizer=sgd,adam", "tracking.experiment=ui-sweep"]  # fmt: skip
-# Root may not use Chromium's sandbox; the rest keeps it from phoning home on a closed network
-# (it stalls otherwise) and from touching any real profile.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                  "--window-size=1920,600"]  # fmt: skip
-# Virtual time only advances while no request is pending, so the page gets this much idle
-# time after its last fetch however slow the server is: the runs table is rendered by then.
-VIRTUAL_TIME_MS = 30000
-SHARE_KEY = "sweeplab"
-COLUMNS = ["best_val_acc", "test_acc", "val_acc", "train_loss"]
+# Root may not use Chromium's sandbox; the rest keeps it from phoning home on a closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+METRICS = ["best_val_acc", "test_acc"]
+TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1600, "height": 640}
 
 
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.fail("chromium not found; install: sudo apt-get install -y chromium (or .ci/run)")
-    return found
-
-
-def browse(url: str, *args: str) -> str:
-    """Load `url` in a fresh headless Chromium profile; its stdout (the DOM for --dump-dom)."""
-    with tempfile.TemporaryDirectory(prefix="sweeplab-chromium-") as profile:
-        proc = subprocess.run(
-            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-             f"--virtual-time-budget={VIRTUAL_TIME_MS}", *args, url],
-            capture_output=True, text=True, timeout=180,
-        )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
-def visible_text(dom: str) -> list[str]:
-    """The text pieces of the rendered page (one per element), without scripts and styles."""
-    dom = re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S | re.I)
-    return [html.unescape(t).strip() for t in re.split(r"<[^>]*>", dom) if t.strip()]
+def in_view(locator) -> None:
+    """The element is rendered and inside the window, not only somewhere in the DOM."""
+    locator.wait_for()
+    box = locator.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["y"] >= 0
+    assert box["x"] + box["width"] <= VIEWPORT["width"], box
+    assert box["y"] + box["height"] <= VIEWPORT["height"], box
 
 
 def js_number(value: float) -> str:
     """How the UI prints a metric (JavaScript's Number#toString) for values like accuracies."""
     return str(int(value)) if value.is_integer() else repr(value)
-
-
-def share_view(client, experiment_id: str) -> None:
-    """Save a view of the runs table (the UI's own "Share" feature: an experiment tag read via
-    ?viewStateShareKey=): the sweep's jobs, best first, with metric and optimizer columns.
-    A fresh browser profile shows no metric columns, and the jobs folded under the sweep's
-    parent run."""
-    state = {
-        "searchFilter": "attributes.run_name LIKE 'optimizer=%'",
-        "orderByKey": "metrics.`best_val_acc`",
-        "orderByAsc": False,
-        "selectedColumns": [f"metrics.`{m}`" for m in COLUMNS]
-        + ["params.`optimizer._target_`", "params.`optimizer.lr`"],
-    }
-    client.set_experiment_tag(
-        experiment_id, f"mlflow.sharedViewState.{SHARE_KEY}", json.dumps(state)
-    )
 
 
 def run_sweep(cwd: Path, store: Path) -> None:
@@ -100,31 +68,53 @@ def run_sweep(cwd: Path, store: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_ui_lists_the_sweeps_runs_with_metrics(tmp_path):
+def test_a_user_finds_the_sweeps_runs_and_metrics_from_the_plain_experiment_url(tmp_path):
     from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
 
-    chromium()  # fail before the sweep if there is no browser
+    chromium = shutil.which("chromium")
+    if chromium is None:  # before the sweep: no browser, nothing to look with
+        missing_service("chromium", "sudo apt-get install -y chromium (or run bash .ci/run)")
     store = tmp_path / "mlruns"
     run_sweep(tmp_path, store)
-    backend = f"sqlite:///{store}/mlflow.db"
-    with mlflow_server_running(backend, tmp_path / "ui", command="ui") as server:
-        client = MlflowClient(tracking_uri=server.url)
+    with mlflow_server_running(f"sqlite:///{store}/mlflow.db", tmp_path / "ui", command="ui") as s:
+        client = MlflowClient(tracking_uri=s.url)
         exp = client.get_experiment_by_name("ui-sweep")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
         jobs = client.search_runs([exp.experiment_id], "attributes.run_name LIKE 'optimizer=%'")
         assert sorted(r.info.run_name for r in jobs) == ["optimizer=adam", "optimizer=sgd"]
-        share_view(client, exp.experiment_id)
-        url = f"{server.url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={SHARE_KEY}"
 
-        text = visible_text(browse(url, "--dump-dom"))
-        assert text[text.index("matching runs") - 1] == "2", text  # the footer: 2 matching runs
-        assert set(COLUMNS) <= set(text), text  # the metric column headers
-        for run in jobs:  # each run's name and its metric values, as cells of the table
-            assert run.info.run_name in text, text
-            for metric in ("best_val_acc", "test_acc"):
-                assert js_number(run.data.metrics[metric]) in text, (metric, text)
-
-        shot = tmp_path / "mlflow_ui.png"
-        browse(url, f"--screenshot={shot}")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(TIMEOUT_MS)
+            # The GenAI page's "Detect Issues" tip covers the page when it pops up: dismiss it.
+            page.add_locator_handler(page.get_by_role("button", name="Got it"), lambda b: b.click())
+            page.goto(f"{s.url}/#/experiments/{exp.experiment_id}")
+            page.get_by_text("Model training", exact=True).click()  # 1.
+            page.get_by_text("matching runs").wait_for()
+            page.get_by_role("button", name="Columns", exact=True).click()  # 2.
+            columns = page.get_by_role("dialog")
+            for metric in METRICS:
+                columns.get_by_text(metric, exact=True).click()
+            page.keyboard.press("Escape")
+            sweep_row = page.get_by_role("gridcell").filter(has_text="sweep ").first
+            sweep_row.locator("button").first.click()  # 3. expand the sweep
+            page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click()
+            for run in jobs:
+                link = page.get_by_role("link", name=run.info.run_name, exact=True)
+                in_view(link)
+                name = page.get_by_role("row").filter(has=link)
+                # the grid draws a row in two parts (pinned name, scrolling cells): same index
+                row = page.locator(
+                    f'[role=row][aria-rowindex="{name.get_attribute("aria-rowindex")}"]'
+                )
+                for metric in METRICS:
+                    in_view(page.get_by_role("columnheader").filter(has_text=metric).first)
+                    in_view(row.get_by_text(js_number(run.data.metrics[metric]), exact=True))
+            shot = tmp_path / "mlflow_ui.png"
+            page.screenshot(path=str(shot))
+            browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("SWEEPLAB_UI_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["SWEEPLAB_UI_SCREENSHOT"])

@@ -116,12 +116,18 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
             (root_path / "artifacts" / _safe_dirname(experiment)).as_uri() if local else None
         )
         try:
-            return client.create_experiment(experiment, artifact_location=artifacts)
+            return client.create_experiment(experiment, artifact_location=artifacts, tags=KIND)
         except MlflowException:  # another host created it first (server stores)
             found = client.get_experiment_by_name(experiment)
             if found is None:
                 raise
             return found.experiment_id
+
+
+# The experiment kind MLflow 3's UI writes for model training (its "Custom model development"
+# choice). MLflow 3.17's UI ignores it and follows its own GenAI / Model training switch
+# instead (README, "first five minutes"), but the tag still says what the experiment is.
+KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _safe_dirname(name: str) -> str:
