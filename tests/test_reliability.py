@@ -36,10 +36,17 @@ def client_for(root: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell's background job (`pytest ... &`) ignores SIGINT and children inherit that, so
+    # Ctrl-C would do nothing; a job started from a terminal has the default, as here.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
 
 

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from servers import MlflowServer, Postgres, mlflow_server_running, postgres_running
+from servers import (
+    REQUIRE_SERVICES_ENV,
+    MlflowServer,
+    Postgres,
+    missing_service,
+    mlflow_server_running,
+    postgres_running,
+)
 
 from conftest import TRAIN_SCRIPT
 
@@ -155,3 +162,16 @@ def test_a_server_that_refuses_requests_fails_before_any_job(tmp_path):
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs" / "multiruns").exists() or not any(
         (tmp_path / "outputs" / "multiruns").rglob("*.pt"))  # fmt: skip  # no job trained
+
+
+@pytest.mark.parametrize(("required", "outcome"), [(None, "skip"), ("1", "fail")])
+def test_a_missing_service_skips_on_a_newcomers_machine_and_fails_in_ci(
+    required, outcome, monkeypatch
+):
+    if required is None:
+        monkeypatch.delenv(REQUIRE_SERVICES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(REQUIRE_SERVICES_ENV, required)
+    expected = pytest.skip.Exception if outcome == "skip" else pytest.fail.Exception
+    with pytest.raises(expected, match="postgresql.*not found; install: apt-get install -y pg"):
+        missing_service("postgresql", "apt-get install -y pg")
