@@ -109,14 +109,22 @@ def patch_torchvision(setattr_=setattr) -> None:
         setattr_(tvd.CIFAR10, "download", download)
 
 
-def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
+OFFLINE = """
+import urllib.error, urllib.request
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+urllib.request.urlopen = _offline
+"""
+
+
+def subprocess_env(tmp: Path, offline: bool = False, **extra: str) -> dict[str, str]:
     """os.environ plus a PYTHONPATH whose sitecustomize.py calls patch_torchvision() at the
-    start of every Python process of the test (the launcher and its joblib workers alike)."""
+    start of every Python process of the test (the launcher and its joblib workers alike);
+    with `offline`, every download fails as it does without a network."""
     site = Path(tmp) / "sitecustomize"
     site.mkdir(parents=True, exist_ok=True)
-    (site / "sitecustomize.py").write_text(
-        "import fake_datasets\nfake_datasets.patch_torchvision()\n"
-    )
+    code = "import fake_datasets\nfake_datasets.patch_torchvision()\n"
+    (site / "sitecustomize.py").write_text(code + (OFFLINE if offline else ""))
     tests = str(Path(__file__).resolve().parent)
     path = os.pathsep.join(p for p in (str(site), tests, os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

@@ -147,6 +147,17 @@ def test_a_parallel_sweep_downloads_its_dataset_once_before_any_job(tmp_path):
     assert {r.data.params["dataset.name"] for r in runs} == {"cifar10"}
 
 
+def test_an_offline_sweep_stops_once_before_any_job_and_creates_no_store(tmp_path):
+    env = subprocess_env(tmp_path, offline=True, SWEEPLAB_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.run([*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert "cifar10 is not available under" in line and "the download failed" in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns").exists()  # no store, no experiment, no run
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -205,13 +205,7 @@ def test_without_data_dir_mnist_is_downloaded_once_into_the_user_cache(tmp_path,
 
 
 def test_without_data_dir_and_offline_the_session_stops_with_one_line(tmp_path):
-    proc = _pytest_without_data_dir(
-        tmp_path,
-        "import urllib.request\n"
-        "def _offline(*a, **k):\n"
-        "    raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')\n"
-        "urllib.request.urlopen = _offline\n",
-    )
+    proc = _pytest_without_data_dir(tmp_path, fake_datasets.OFFLINE)
     assert proc.returncode == 4, proc.stdout[-2000:]
     (line,) = [x for x in proc.stdout.splitlines() if "MNIST is needed" in x]
     assert "SWEEPLAB_DATA_DIR is not set" in line and str(tmp_path / "cache") in line

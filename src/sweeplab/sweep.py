@@ -190,11 +190,10 @@ class PrepareStoreCallback(Callback):
         try:
             validate(config)
             tracking.ensure_writable(abspath(output_dir), "hydra output dir")
-            t = config.tracking
-            experiment_id = tracking.prepare_store(t.uri, t.root, t.experiment)
             if not config.sweep.dry_run:  # one download, here, not one per job
                 fetch_dataset_files(config.dataset)
-            return experiment_id
+            t = config.tracking
+            return tracking.prepare_store(t.uri, t.root, t.experiment)
         except SweeplabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
