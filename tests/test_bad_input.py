@@ -75,6 +75,14 @@ def placeholders(tmp_path_factory, data_dir, store_root):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store_root}/mlflow.db")
     bare = client.create_run(client.create_experiment("bare-runs")).info.run_id
+    client.delete_experiment(client.create_experiment("deleted-one"))
+    (tmp / "not-a-db").mkdir()
+    (tmp / "not-a-db" / "mlflow.db").write_bytes(
+        b"a spreadsheet, saved under the wrong name\n" * 50
+    )
+    (tmp / "truncated-db").mkdir()
+    store = (Path(store_root) / "mlflow.db").read_bytes()
+    (tmp / "truncated-db" / "mlflow.db").write_bytes(store[: len(store) // 2])
     return {
         "tmp": tmp,
         "truncated_mnist": tmp / "truncated",
@@ -85,6 +93,9 @@ def placeholders(tmp_path_factory, data_dir, store_root):
         "a_file": tmp / "a-file",
         "other_config_last": tmp / "other" / "checkpoints" / "last.pt",
         "bare_run": bare,
+        "deleted_experiment": "deleted-one",
+        "not_a_db_root": tmp / "not-a-db",
+        "truncated_db_root": tmp / "truncated-db",
     }
 
 

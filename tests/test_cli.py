@@ -155,7 +155,8 @@ def test_an_offline_sweep_stops_once_before_any_job_and_creates_no_store(tmp_pat
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert "cifar10 is not available under" in line and "the download failed" in line
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "mlruns").exists()  # no store, no experiment, no run
+    # No store, no experiment, no run, no empty outputs/ or data/ folder: only the test's own.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sitecustomize"]
 
 
 @pytest.mark.parametrize(
@@ -180,4 +181,4 @@ def test_bad_input_gives_one_clear_error_and_nonzero_exit(args, message, tmp_pat
 def test_bad_input_writes_no_tracking_store(tmp_path, data_dir):
     proc = run_cli(["dataset=mnist", "optimizer.lr=-1"], tmp_path, data_dir, 300)
     assert proc.returncode == 2 and "optimizer.lr=-1 is invalid" in proc.stderr
-    assert not (tmp_path / "mlruns").exists()
+    assert list(tmp_path.iterdir()) == []  # no store, no outputs/

@@ -7,6 +7,7 @@ Numbers in test names follow the scenario list in docs/reliability.md.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -374,3 +375,117 @@ def test_13_unwritable_store_or_output_dir_fails_before_training(which, small_cf
         ro.mkdir(mode=0o555)
         with pytest.raises(TrackingError, match="not writable"):
             train(small_cfg(f"{which}={ro}"))
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path with its files' size and mtime; the store's lock file does not count."""
+    paths = [p for p in root.rglob("*") if p.name != ".sweeplab.lock"]
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+        for p in paths
+    }
+
+
+@pytest.mark.parametrize("damage", ["not_a_database", "truncated", "deleted_experiment"])
+def test_14_a_damaged_store_or_deleted_experiment_stops_the_launch_and_touches_nothing(
+    damage, tmp_path
+):
+    """One `error:` line, exit 2; the store file keeps every byte, nothing else is created."""
+    from mlflow import MlflowClient
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    client.delete_experiment(client.create_experiment("synthetic"))
+    if damage == "not_a_database":
+        store.write_text("id,name\n1,not a store\n" * 100)
+    elif damage == "truncated":
+        store.write_bytes(store.read_bytes()[:50_000])
+    before, content = _tree(tmp_path), store.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "-m", *SLOW, "trainer.seed=1,2"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    expected = {"not_a_database": "is not an SQLite database", "truncated": "is truncated",
+                "deleted_experiment": "mlflow experiments restore --experiment-id 1"}  # fmt: skip
+    assert expected[damage] in line and "Traceback" not in proc.stderr
+    assert _tree(tmp_path) == before and store.read_bytes() == content
+
+
+# --- 10: one redaction rule for everything a run writes -----------------------------------------
+
+SECRETS = {  # route -> a value that must never be written anywhere sweeplab writes
+    "env interpolation in an override": "tok-OVR-5f1c",
+    "env interpolation in a config file": "tok-YAML-9a2e",
+    "credential-like key": "pw-KEY-7d3b",
+    "password in a URI": "pw-URI-c4a8",
+}
+
+
+def _planted(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """Overrides and environment that carry each secret by its own route."""
+    experiment = tmp_path / "conf_extra" / "experiment"
+    experiment.mkdir(parents=True)
+    (experiment / "leaky.yaml").write_text(
+        "# @package _global_\ntracking:\n  run_name: run-${oc.env:SWEEPLAB_YAML_TOKEN}\n"
+    )
+    args = [
+        f"hydra.searchpath=[file://{tmp_path / 'conf_extra'}]",
+        "experiment=leaky",
+        "+extra.tok=${oc.env:SWEEPLAB_OVR_TOKEN}",
+        f"+db.password={SECRETS['credential-like key']}",
+        f"+db.url=postgresql://alice:{SECRETS['password in a URI']}@db.example/x",
+    ]
+    env = {
+        "SWEEPLAB_OVR_TOKEN": SECRETS["env interpolation in an override"],
+        "SWEEPLAB_YAML_TOKEN": SECRETS["env interpolation in a config file"],
+    }
+    return args, env
+
+
+def _files_sweeplab_wrote(root: Path) -> list[Path]:
+    """Everything under the launch dir but Hydra's own records of the command (`.hydra/`,
+    `multirun.yaml`: Hydra writes the overrides as typed, see docs/reliability.md)."""
+    return [
+        p for p in root.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.name != "multirun.yaml"
+        and "conf_extra" not in p.parts
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["single", "sweep"])
+def test_10_no_secret_reaches_the_store_or_any_file_by_any_route(mode, tmp_path):
+    args, env = _planted(tmp_path)
+    job = [*SLOW, "trainer.epochs=1", "dataset.num_train=200", *args]
+    if mode == "sweep":
+        job = ["-m", *job, "optimizer=sgd,adam"]
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *job], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, **env}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = _files_sweeplab_wrote(tmp_path)
+    assert any(p.name == "mlflow.db" for p in files) and any(p.name == "config.yaml" for p in files)
+    leaks = [
+        f"{route}: {p.relative_to(tmp_path)}"
+        for p in files
+        for route, secret in SECRETS.items()
+        if secret.encode() in p.read_bytes()
+    ]
+    assert not leaks, "\n".join(leaks)
+    # The re-run command keeps the interpolation (as typed, or as Hydra's sweeper escaped it),
+    # so it still reads the variable.
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    client = client_for(tmp_path / "mlruns")
+    runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
+    assert len(runs) == (2 if mode == "sweep" else 1)
+    for run in runs:
+        args = shlex.split(run.data.tags["sweeplab.reproduce"])[2:]
+        parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args)}
+        assert parsed["extra.tok"] == "${oc.env:SWEEPLAB_OVR_TOKEN}"
+        assert parsed["db.password"] == "***" and run.info.run_name == "***"
+        assert run.data.params["extra.tok"] == run.data.params["tracking.run_name"] == "***"

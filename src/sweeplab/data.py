@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +263,14 @@ def fetch_dataset_files(dataset: DictConfig) -> None:
     if folder.is_dir() and any(folder.iterdir()):
         return
     log.info("%s: downloading into %s once, before any job starts", name, root)
-    for train in (True, False):
-        _read_torchvision(name, root, download=True, train=train)
+    made = [p for p in (Path(root), *Path(root).parents) if not p.exists()]
+    try:
+        for train in (True, False):
+            _read_torchvision(name, root, download=True, train=train)
+    except DatasetError:
+        if made:  # the folders were made for this download alone: a failed launch leaves none
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
 
 
 # --- synthetic -----------------------------------------------------------------------------

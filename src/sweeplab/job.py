@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sweeplab.params import git_state, relativize_paths
-from sweeplab.redact import redact_override
+from sweeplab.redact import env_sourced_keys, redact_flat, redacted_overrides
 from sweeplab.schema import launch_dir
 from sweeplab.sweep import SWEPT_KEYS_ENV, in_multirun
 
@@ -22,7 +22,7 @@ def job_info(cfg: DictConfig) -> dict[str, Any]:
     tags = {**git_state(launch_dir())}
     if HydraConfig.initialized():
         hc = HydraConfig.get()
-        overrides = [redact_override(o) for o in hc.overrides.task]
+        overrides = redacted_overrides(hc.overrides.task)
         tags["hydra.output_dir"] = relativize_paths(hc.runtime.output_dir, launch_dir())
         if in_multirun():
             tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
@@ -42,4 +42,6 @@ def job_info(cfg: DictConfig) -> dict[str, Any]:
             "--config-name config"
         )
     name = cfg.tracking.run_name or (",".join(semantic) if semantic else "defaults")
+    if cfg.tracking.run_name:  # a name may be read from the environment too: same rule
+        name = redact_flat({"tracking.run_name": name}, env_sourced_keys(cfg))["tracking.run_name"]
     return {"run_name": name[:250], "tags": tags}

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweeplab.redact import env_sourced_keys, redact_config, redact_flat, redact_override
+from sweeplab.redact import env_sourced_keys, redact_config, redact_flat, redacted_overrides
 
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
@@ -102,6 +102,6 @@ def write_config_files(cfg: DictConfig, output_dir: Path) -> tuple[Path, Path]:
     out = output_dir / ".sweeplab"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(redact_config(config)))
-    clean = ListConfig([redact_override(str(o)) for o in overrides])
+    clean = ListConfig(redacted_overrides(overrides))
     (out / "overrides.yaml").write_text(OmegaConf.to_yaml(clean))
     return out / "config.yaml", out / "overrides.yaml"

@@ -13,7 +13,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 MASK = "***"
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|private[_-]?key", re.I)
-URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]*:)(?P<pw>[^@/\s]+)(?=@)", re.I)
+# Hydra's sweepers escape `:` in the overrides they hand to jobs (`postgresql\://u\:pw@h`).
+URI_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*\\?://[^/:@\s]*\\?:)(?P<pw>[^@/\s]+)(?=@)", re.I
+)
 
 
 def redact_uri(text: str) -> str:
@@ -56,6 +59,20 @@ def redact_override(override: str) -> str:
     if sep and is_secret_key(key.lstrip("+~")):
         return f"{key}={MASK}"
     return redact_uri(override)
+
+
+def typed_overrides(overrides: ListConfig | list) -> list[str]:
+    """Overrides as typed. Read unresolved: an element of an OmegaConf list such as
+    `+k=${oc.env:TOKEN}` is an interpolation, and reading it plainly returns the variable's
+    value (which is how tokens reached tags and files before)."""
+    if isinstance(overrides, ListConfig):
+        overrides = OmegaConf.to_container(overrides, resolve=False)
+    return [str(o) for o in overrides]
+
+
+def redacted_overrides(overrides: ListConfig | list) -> list[str]:
+    """Overrides as typed, secrets masked: what may be logged or written."""
+    return [redact_override(o) for o in typed_overrides(overrides)]
 
 
 def redact_config(cfg: DictConfig) -> DictConfig:

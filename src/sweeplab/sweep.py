@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from sweeplab import tracking
 from sweeplab.errors import SweeplabError
 from sweeplab.params import relativize_paths
-from sweeplab.redact import redact_override
+from sweeplab.redact import redact_override, redacted_overrides, typed_overrides
 from sweeplab.schema import abspath
 
 log = logging.getLogger("sweeplab")
@@ -140,7 +140,8 @@ def sweep_id(config: DictConfig) -> str:
     """Same command (what it sweeps and sets) in the same experiment -> same id, so launching
     a sweep again continues its parent run instead of starting another one."""
     ignored = ("tracking.", "sweep.", "hydra.", "output_dir")
-    task = sorted(o for o in config.hydra.overrides.task if not o.lstrip("+~").startswith(ignored))
+    typed = redacted_overrides(config.hydra.overrides.task)  # the secrets' values never matter
+    task = sorted(o for o in typed if not o.lstrip("+~").startswith(ignored))
     params = config.hydra.sweeper.get("params") or {}
     text = repr((task, sorted((str(k), str(v)) for k, v in params.items())))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -203,7 +204,7 @@ class PrepareStoreCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         experiment_id = self._prepare(config, config.hydra.sweep.dir)
-        keys = swept_keys(list(config.hydra.overrides.task))
+        keys = swept_keys(typed_overrides(config.hydra.overrides.task))
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         # Jobs name their runs after the swept keys only; workers inherit the environment.
         os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
@@ -219,7 +220,8 @@ class PrepareStoreCallback(Callback):
             "hydra.sweeper": str(config.hydra.sweeper.get("_target_")).rsplit(".", 1)[-1],
             "hydra.launcher": str(config.hydra.launcher.get("_target_")).rsplit(".", 1)[-1],
         }
-        name = "sweep " + (" ".join(o for o in config.hydra.overrides.task if "," in o) or sid)
+        swept = [o for o in redacted_overrides(config.hydra.overrides.task) if "," in o]
+        name = "sweep " + (" ".join(swept) or sid)
         self.uri = config.tracking.uri
         self.parent_id = open_parent(self.uri, experiment_id, sid, name, tags)
         self.sweep_dir = abspath(config.hydra.sweep.dir)

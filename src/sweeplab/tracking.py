@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sweeplab.errors import SweeplabError
-from sweeplab.params import MAX_PARAM_VALUE
+from sweeplab.params import MAX_PARAM_VALUE, relativize_paths
 from sweeplab.redact import redact_uri
-from sweeplab.schema import abspath
+from sweeplab.schema import abspath, launch_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,20 @@ def resolve_uri(uri: str) -> str:
 
 
 def ensure_writable(path: str | Path, what: str) -> None:
-    """Create `path` and write a probe file in it, or raise one clear error before training."""
+    """Write a probe file in `path`, or raise one clear error before training. Folders made
+    for the probe are removed again: a launch that fails later leaves nothing behind."""
     path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".sweeplab-probe-"):
             pass
     except OSError as e:
         raise TrackingError(f"{what}={path} is not writable: {e.strerror or e}") from None
+    finally:
+        for folder in made:  # deepest first; another process may have filled one meanwhile
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def check_store(uri: str, root: str) -> None:
@@ -68,6 +75,7 @@ def check_store(uri: str, root: str) -> None:
         db = resolve_uri(uri)
         if db.startswith("sqlite:///"):
             ensure_writable(Path(db[len("sqlite:///") :]).parent, "tracking.uri")
+            check_sqlite_file(Path(db[len("sqlite:///") :]))
         return
     import requests
 
@@ -78,6 +86,42 @@ def check_store(uri: str, root: str) -> None:
             f"tracking server {redact_uri(uri)} is unreachable ({type(e).__name__}); start it, "
             "or point tracking.uri at a reachable server or a local sqlite:/// store"
         ) from None
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """An existing store file must be an intact SQLite database. Anything else (a truncated
+    copy, a wrong file) ends here with one line, before MLflow's migrations could touch it."""
+    if not path.is_file() or path.stat().st_size == 0:  # absent or empty: MLflow creates it
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(100)
+    problem = None
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        problem = "is not an SQLite database"
+    else:
+        # The header's page count is valid when its "version valid for" matches the change
+        # counter; a -wal file may hold pages the main file does not have yet.
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        counted = header[92:96] == header[24:28] and not Path(f"{path}-wal").exists()
+        if counted and page_size * pages > size:
+            problem = f"is truncated ({size} of its {page_size * pages} bytes)"
+        else:
+            try:
+                with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as c:
+                    c.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.DatabaseError as e:
+                problem = f"cannot be read as an SQLite database ({e})"
+    if problem:
+        raise TrackingError(
+            f"tracking.uri: the store file {path} {problem}. sweeplab leaves it untouched: "
+            "restore it from a backup, or point tracking.root / tracking.uri at another store"
+        )
 
 
 @contextlib.contextmanager
@@ -102,6 +146,9 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
     local = is_local(uri)
     root_path = Path(abspath(root))
     with _store_lock(root_path) if local else contextlib.nullcontext():
+        db = resolve_uri(uri)
+        if db.startswith("sqlite:///"):  # sqlite makes the file, not its folder
+            Path(db[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         client = _client(uri)
         try:
             found = client.get_experiment_by_name(experiment)
@@ -110,6 +157,15 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
                 f"tracking server {redact_uri(uri)} refused the request: {str(e)[:300]} "
                 "(with basic auth set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
             ) from None
+        if found is not None and found.lifecycle_stage == "deleted":
+            typed_uri = relativize_paths(redact_uri(resolve_uri(uri)), launch_dir())
+            raise TrackingError(
+                f"tracking.experiment={experiment!r} is deleted (experiment id "
+                f"{found.experiment_id}); restore it with `MLFLOW_TRACKING_URI="
+                f"{typed_uri} mlflow experiments restore --experiment-id "
+                f"{found.experiment_id}`, or log into another one with "
+                "tracking.experiment=<name> (`mlflow gc` frees a deleted name for good)"
+            )
         if found is not None:
             return found.experiment_id
         artifacts = (
