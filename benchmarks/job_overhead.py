@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import compose_cfg  # noqa: E402
-from sweeplab import tracking, train  # noqa: E402
+from sweeplab import store, tracking, train  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
           f"first job (imports, new store) {overhead[0]:.2f}s")  # fmt: skip
 
     uri = f"sqlite:///{root}/mlflow.db"
-    exp = tracking.prepare_store(uri, str(root), "bench-metrics")
+    exp = store.prepare_store(uri, str(root), "bench-metrics")
     with tracking.tracked_run(uri, exp, "metrics", {}) as run:
         names = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "ips"]
         start = time.perf_counter()

@@ -167,3 +167,76 @@ def test_beta_sampler_matches_torch_distributions(alpha):
     cdf = lambda s: torch.searchsorted(s, grid, right=True) / n  # noqa: E731
     assert (cdf(ours) - cdf(ref)).abs().max() < 0.0195
     assert ours.min() >= 0 and ours.max() <= 1
+
+
+# --- each batched op against torchvision's own op, same parameters ------------------------------
+
+
+def _tv_cases():
+    """(op name, our magnitude, torchvision's call on one float image) as RandAugment uses
+    them (torchvision.transforms.RandAugment._apply_op)."""
+    import math
+
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    bil = InterpolationMode.BILINEAR
+
+    def affine(img, **kw):
+        args = {"angle": 0.0, "translate": [0, 0], "scale": 1.0, "shear": [0.0, 0.0]}
+        return TF.affine(img, **{**args, **kw}, interpolation=bil)
+
+    shear = math.degrees(math.atan(0.3))
+    return [
+        ("brightness", 0.3, lambda i: TF.adjust_brightness(i, 1.3)),
+        ("color", -0.4, lambda i: TF.adjust_saturation(i, 0.6)),
+        ("contrast", 0.3, lambda i: TF.adjust_contrast(i, 1.3)),
+        ("sharpness", 0.5, lambda i: TF.adjust_sharpness(i, 1.5)),
+        ("posterize", 3.0, lambda i: TF.posterize((i * 255).round().byte(), 3).float() / 255),
+        ("solarize", 0.6, lambda i: TF.solarize(i, 0.6)),
+        ("autocontrast", 0.0, TF.autocontrast),
+        ("equalize", 0.0, lambda i: TF.equalize((i * 255).round().byte()).float() / 255),
+        ("rotate", 20.0, lambda i: TF.rotate(i, 20.0, interpolation=bil)),
+        ("shear_x", 0.3, lambda i: affine(i, shear=[shear, 0.0], center=[0, 0])),
+        ("shear_y", 0.3, lambda i: affine(i, shear=[0.0, shear], center=[0, 0])),
+        ("translate_x", 5.0, lambda i: affine(i, translate=[5, 0])),
+        ("translate_y", -4.0, lambda i: affine(i, translate=[0, -4])),
+    ]
+
+
+CASES = [
+    pytest.param(name, magnitude, theirs, shape, id=f"{name}-{tag}")
+    for name, magnitude, theirs in _tv_cases()
+    for shape, tag in (((3, 32, 32), "rgb-square"), ((1, 24, 32), "gray-wide"))
+    if not (name == "color" and shape[0] == 1)  # saturation exists for RGB images only
+]
+
+
+@pytest.mark.parametrize(("name", "magnitude", "theirs", "shape"), CASES)
+def test_each_randaugment_op_matches_torchvision(name, magnitude, theirs, shape):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, *shape, generator=g) * 255).round() / 255  # what uint8 images become
+    ours = augment.OPS[name](x, torch.full((4,), magnitude))
+    expected = torch.stack([theirs(img) for img in x])
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+def test_flip_crop_and_rotation_match_torchvision_for_the_drawn_parameters():
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    x = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    assert torch.equal(augment.random_flip(x, 1.0, 3, None), TF.horizontal_flip(x))
+    assert torch.equal(augment.random_flip(x, 1.0, 2, None), TF.vertical_flip(x))
+    # random_crop draws the row offsets, then the column offsets, from the generator
+    out = augment.random_crop(x, 4, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    dy, dx = torch.randint(0, 9, (6,), generator=g), torch.randint(0, 9, (6,), generator=g)
+    for img, got, top, left in zip(x, out, dy.tolist(), dx.tolist(), strict=True):
+        assert torch.equal(got, TF.crop(TF.pad(img, [4]), top, left, 20, 20))
+    xf = x.float() / 255
+    out = augment.random_rotation(xf, 30.0, torch.Generator().manual_seed(2))
+    angles = torch.rand(6, generator=torch.Generator().manual_seed(2)) * 60 - 30
+    for img, got, angle in zip(xf, out, angles.tolist(), strict=True):
+        expected = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR)
+        assert torch.allclose(got, expected, atol=1e-5)

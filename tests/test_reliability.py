@@ -252,6 +252,20 @@ def test_6_truncated_checkpoint_gives_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+def test_6_checkpoint_format_version_is_written_and_checked_on_load(tmp_path):
+    from sweeplab.checkpoint import FORMAT_VERSION, model_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = model_checkpoint(model, {"_target_": "x"}, "synthetic", ["a", "b"], 1, 0.5)
+    path = save_checkpoint(ckpt, tmp_path / "best.pt")
+    assert load_checkpoint(path)["format_version"] == FORMAT_VERSION
+    del ckpt["format_version"]  # written before the field existed: the layout of format 1
+    assert load_checkpoint(save_checkpoint(ckpt, tmp_path / "old.pt"))["epoch"] == 1
+    future = save_checkpoint({**ckpt, "format_version": FORMAT_VERSION + 1}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=r"format 2, written by a newer sweeplab"):
+        load_checkpoint(future)
+
+
 class NotPlainData:
     pass
 

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from test_reliability import SLOW, client_for, start
 
 from conftest import CONF, job_runs
-from sweeplab.sweep import Placement, concurrent_jobs, placement, sweep_id
+from sweeplab.identity import sweep_id
+from sweeplab.sweep import Placement, concurrent_jobs, placement
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"

@@ -89,15 +89,18 @@ def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _rotation_theta(degrees: torch.Tensor) -> torch.Tensor:
+def _rotation_theta(degrees: torch.Tensor, h: int = 1, w: int = 1) -> torch.Tensor:
+    """Rotation about the centre, counter-clockwise as torchvision's `rotate`. Built in pixel
+    units, then scaled to normalised ones, so a non-square image is not sheared by it."""
     rad = degrees * (math.pi / 180)
     cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    rows = [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)]
+    return torch.stack(rows, 1)
 
 
 def random_rotation(x: torch.Tensor, degrees: float, g) -> torch.Tensor:
     angles = _uniform(len(x), g, x.device, -degrees, degrees)
-    return affine(x, _rotation_theta(angles))
+    return affine(x, _rotation_theta(angles, *x.shape[-2:]))
 
 
 # --- options (one factory per conf/augmentation/*.yaml) ------------------------------------
@@ -160,7 +163,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return 0.299 * r + 0.587 * g + 0.114 * b
+    return 0.2989 * r + 0.587 * g + 0.114 * b  # torchvision's rgb_to_grayscale weights
 
 
 def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -197,10 +200,16 @@ def _equalize(x, m):
 
 
 def _shear(axis: int):
+    """Shear about the top-left corner, as torchvision's RandAugment does (center=[0, 0]):
+    x' = x + m*y in pixels, which in normalised coordinates adds a shift of the same size."""
+
     def op(x, m):
+        h, w = x.shape[-2:]
+        ratio = h / w if axis == 0 else w / h  # normalised units differ on non-square images
         theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
         theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, axis, 1 - axis] = m
+        theta[:, axis, 1 - axis] = m * ratio
+        theta[:, axis, 2] = m * ratio
         return affine(x, theta)
 
     return op
@@ -222,7 +231,7 @@ OPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "shear_y": _shear(1),
     "translate_x": _translate(0),
     "translate_y": _translate(1),
-    "rotate": lambda x, m: affine(x, _rotation_theta(m)),
+    "rotate": lambda x, m: affine(x, _rotation_theta(m, *x.shape[-2:])),
     "brightness": lambda x, m: _blend(x, torch.zeros_like(x), 1 + m),
     "color": lambda x, m: _blend(x, _gray(x).expand_as(x), 1 + m),
     "contrast": lambda x, m: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True).expand_as(x), 1 + m),

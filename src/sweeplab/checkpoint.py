@@ -22,6 +22,11 @@ class CheckpointError(SweeplabError, RuntimeError):
     """A checkpoint is missing, truncated, or not loadable safely."""
 
 
+# Bumped whenever the layout of best.pt / last.pt changes; load_checkpoint refuses formats it
+# does not know. Checkpoints written before the field existed have the layout of format 1.
+FORMAT_VERSION = 1
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write `state` to a temp file beside `path`, fsync it, then rename over `path`.
 
@@ -47,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} holds objects beyond tensors and plain values, which sweeplab refuses to "
@@ -55,6 +60,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
+    version = state.get("format_version", 1) if isinstance(state, dict) else 1
+    if version != FORMAT_VERSION:  # a plain state_dict (model.weights) carries no version
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}, written by a "
+            f"{'newer' if newer else 'different'} sweeplab; this one reads format "
+            f"{FORMAT_VERSION}: load it with the version that wrote it"
+        )
+    return state
 
 
 # --- resume state ------------------------------------------------------------------------------
@@ -76,10 +90,11 @@ def training_state(
 ) -> dict[str, Any]:
     """Everything needed to continue bitwise-exactly after `epoch` (plain types and tensors)."""
     return {
+        "format_version": FORMAT_VERSION,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -120,6 +135,7 @@ def model_checkpoint(
 ) -> dict[str, Any]:
     """best.pt: model weights plus plain-typed metadata (readable with weights_only=True)."""
     return {
+        "format_version": FORMAT_VERSION,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "epoch": epoch,
         "val_acc": float(val_acc),

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -317,34 +318,9 @@ def synthetic_dataset(
 # --- image folders -------------------------------------------------------------------------
 
 
-def imagefolder_dataset(
-    name: str,
-    root: str,
-    val_fraction: float,
-    test_fraction: float,
-    train_subset: int | None,
-    flips_keep_label: bool,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    mean: list[float],
-    std: list[float],
-    num_workers: int = 2,
-    *,
-    device: torch.device,
-    seed: int,
-) -> Data:
-    """root/{train,val,test}/<class>/*; missing val/ or test/ are carved from train."""
+def _read_image_folders(base: Path, transform) -> tuple[Path, Any, dict[str, Any]]:
+    """(train folder, its ImageFolder, {"val"/"test": ImageFolder} for those that exist)."""
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
-
-    base = Path(root)
-    if in_channels not in (1, 3):
-        raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
-    steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    if in_channels == 1:
-        steps.append(v2.Grayscale())
-    transform = v2.Compose(steps)
 
     def read(folder: Path) -> ImageFolder:
         try:
@@ -367,6 +343,38 @@ def imagefolder_dataset(
                     f"{base / split} has classes {splits[split].classes}, "
                     f"but {train_dir} has {full.classes}"
                 )
+    return train_dir, full, splits
+
+
+def imagefolder_dataset(
+    name: str,
+    root: str,
+    val_fraction: float,
+    test_fraction: float,
+    train_subset: int | None,
+    flips_keep_label: bool,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    num_workers: int = 2,
+    *,
+    device: torch.device,
+    seed: int,
+) -> Data:
+    """root/{train,val,test}/<class>/*; missing val/ or test/ are carved from train."""
+    from torchvision.transforms import v2
+
+    base = Path(root)
+    if in_channels not in (1, 3):
+        raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
+    steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    if in_channels == 1:
+        steps.append(v2.Grayscale())
+    transform = v2.Compose(steps)
+
+    train_dir, full, splits = _read_image_folders(base, transform)
     n = len(full)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     taken = 0

@@ -8,7 +8,6 @@ tensor over DDP ranks (identity in a single process), so every rank sees the sam
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -56,22 +55,23 @@ def train_epoch(
     generator: torch.Generator | None,
     device: torch.device,
     amp: str = "none",
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None,  # None: no loss scaling
     grad_clip: float | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     epoch: int = 0,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> dict[str, float]:
     """Train one epoch; returns train_loss, train_acc (over every image seen, against each
-    image's own label, also under mixup/cutmix), speed, and the first step's time (which
-    includes torch.compile's compilation in a compiled model)."""
+    image's own label, also under mixup/cutmix), speed, the lr of the last step, and the first
+    step's time (which includes torch.compile's compilation in a compiled model)."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
     seen, first_step_time_s = 0, 0.0
     check_every = CHECK_EVERY if device.type == "cuda" else 1
-    step = -1
+    step, lr = -1, optimizer.param_groups[0]["lr"]
     _sync(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
@@ -84,18 +84,13 @@ def train_epoch(
         if (step + 1) % check_every == 0:
             _raise_if(nonfinite, epoch, step, check_every)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+        scaler.scale(loss).backward()  # a disabled scaler (no fp16) passes everything through
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]  # what this step used (a float: no device sync)
         scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -115,6 +110,7 @@ def train_epoch(
         "train_acc": correct.item() / max(seen, 1),
         "epoch_time_s": seconds,
         "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
+        "lr": lr,  # of the epoch's last step
         "first_step_time_s": first_step_time_s,
     }
 
@@ -160,21 +156,20 @@ def evaluate(
 
 
 class Progress:
-    """A tqdm bar on an interactive terminal; silent in logs/CI (the epoch line says it all)."""
+    """A tqdm bar on an interactive terminal; silent in logs/CI (`disable=None`: tqdm's own
+    TTY check), where the epoch line says it all."""
 
     def __init__(self, total: int, desc: str):
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
     def __call__(self, step: int, loss: torch.Tensor) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if step % 25 == 0:  # reading the loss syncs the device: do it rarely
-                self.bar.set_postfix(loss=f"{loss.item():.4f}")
+        if self.bar.disable:
+            return
+        self.bar.update(1)
+        if step % 25 == 0:  # reading the loss syncs the device: do it rarely
+            self.bar.set_postfix(loss=f"{loss.item():.4f}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()

@@ -34,7 +34,7 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "class"
 
 
-def _pyplot(path: Path):
+def pyplot(path: Path):
     """matplotlib.pyplot on the file-only Agg backend, with `path`'s folder created."""
     import matplotlib
 
@@ -46,7 +46,7 @@ def _pyplot(path: Path):
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> Path:
-    plt = _pyplot(path)
+    plt = pyplot(path)
     n = len(classes)
     size = min(4 + 0.45 * n, 20)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -70,7 +70,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> P
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
-    plt = _pyplot(path)
+    plt = pyplot(path)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):

@@ -17,9 +17,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.redact import env_sourced_keys, redact_config, redact_flat, redacted_overrides
 
-MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
-
 
 def flatten_config(cfg: DictConfig, launch_dir: Path) -> dict[str, str]:
     """The resolved config as flat `group.key` -> string params, without machine paths or
@@ -45,9 +42,11 @@ def _param_value(value: Any, launch_dir: Path) -> str:
         value = value.name
     text = "null" if value is None else str(value)
     text = relativize_paths(text, launch_dir)
-    if len(text) > MAX_PARAM_VALUE:
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # lazy: importing mlflow takes ~2 s
+
+    if len(text) > MAX_PARAM_VAL_LENGTH:
         marker = "...[truncated]"
-        text = text[: MAX_PARAM_VALUE - len(marker)] + marker
+        text = text[: MAX_PARAM_VAL_LENGTH - len(marker)] + marker
     return text
 
 
@@ -60,10 +59,12 @@ def relativize_paths(text: str, launch_dir: Path) -> str:
 
 
 def _shorten_key(key: str) -> str:
-    if len(key) <= MAX_KEY:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    if len(key) <= MAX_ENTITY_KEY_LENGTH:
         return key
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return key[: MAX_KEY - 9] + "~" + digest
+    return key[: MAX_ENTITY_KEY_LENGTH - 9] + "~" + digest
 
 
 def git_state(cwd: Path) -> dict[str, str]:

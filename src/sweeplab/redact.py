@@ -28,22 +28,20 @@ def is_secret_key(key: str) -> bool:
 
 
 def env_sourced_keys(cfg: DictConfig) -> set[str]:
-    """Dotted keys whose (unresolved) value reads an environment variable."""
+    """Dotted keys whose (unresolved) value reads an environment variable. A list counts as
+    one key (params log it as one value), as does a node that interpolates a whole subtree."""
     found: set[str] = set()
 
     def walk(node: Any, prefix: str) -> None:
-        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-        for k in keys:
-            full = f"{prefix}.{k}" if prefix else str(k)
-            if full == "hydra":
-                continue
-            child = node._get_node(k)
-            if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
-                walk(child, full)
-            elif "oc.env" in str(child._value()):
-                found.add(full)
+        if isinstance(node, dict):
+            for k, v in node.items():
+                full = f"{prefix}.{k}" if prefix else str(k)
+                if full != "hydra":
+                    walk(v, full)
+        elif "oc.env" in str(node):
+            found.add(prefix)
 
-    walk(cfg, "")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
     return found
 
 
@@ -77,21 +75,14 @@ def redacted_overrides(overrides: ListConfig | list) -> list[str]:
 
 def redact_config(cfg: DictConfig) -> DictConfig:
     """A copy for logging: secret keys masked, URIs scrubbed; `${oc.env:...}` stay unresolved."""
-    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
 
-    def walk(node: Any, prefix: str) -> None:
-        keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
-        for k in keys:
-            full = f"{prefix}.{k}" if prefix else str(k)
-            child = node._get_node(k)
-            if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
-                walk(child, full)
-                continue
-            raw = child._value()
-            if isinstance(k, str) and is_secret_key(full) and raw is not None:
-                node[k] = MASK
-            elif isinstance(raw, str) and "oc.env" not in raw:
-                node[k] = redact_uri(raw)
+    def clean(node: Any, key: str) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v, key) for v in node]
+        if node is not None and is_secret_key(key):
+            return MASK
+        return redact_uri(node) if isinstance(node, str) and "oc.env" not in node else node
 
-    walk(copy, "")
-    return copy
+    return OmegaConf.create(clean(OmegaConf.to_container(cfg, resolve=False), ""))

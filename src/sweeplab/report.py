@@ -23,8 +23,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeplab import tracking
 from sweeplab.errors import SweeplabError
-from sweeplab.metrics import _pyplot
+from sweeplab.metrics import pyplot
+from sweeplab.tracking import ROLE_TAG, member_tag
 
 log = logging.getLogger("sweeplab")
 
@@ -53,7 +55,6 @@ class Row:
 def sweep_rows(client, experiment_id: str, sid: str, swept: list[str]) -> list[Row]:
     """One row per configuration of the sweep, best first. A configuration run more than once
     (failed, then re-run) shows its FINISHED run, else its latest."""
-    from sweeplab.sweep import ROLE_TAG, member_tag
 
     runs = client.search_runs(
         [experiment_id],
@@ -153,7 +154,7 @@ def csv_text(rows: list[Row], swept: list[str]) -> str:
 
 
 def plot_test_acc(rows: list[Row], path: Path) -> Path:
-    plt = _pyplot(path)
+    plt = pyplot(path)
     shown = [r for r in rows if not math.isnan(r.test_acc)][::-1]  # best at the top
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(shown), 1)))
     ax.barh([label(r)[:60] for r in shown], [r.test_acc for r in shown], color="tab:blue")
@@ -168,7 +169,7 @@ def plot_test_acc(rows: list[Row], path: Path) -> Path:
 
 
 def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
-    plt = _pyplot(path)
+    plt = pyplot(path)
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
         history = sorted((m.step, m.value) for m in client.get_metric_history(r.run_id, "val_acc"))
@@ -235,9 +236,7 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
 
 def finish_sweep(uri: str, parent_id: str, sweep_dir: str | None) -> list[Row]:
     """When a sweep's launching process ends: report, then the parent run's status."""
-    from sweeplab import tracking
-
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     parent = client.get_run(parent_id)
     rows = report_sweep(client, parent, Path(sweep_dir) if sweep_dir else None)
     client.set_terminated(parent_id, status=sweep_status(rows))
@@ -246,8 +245,6 @@ def finish_sweep(uri: str, parent_id: str, sweep_dir: str | None) -> list[Row]:
 
 def find_parent(client, target: str):
     """`target` is a sweep id (any experiment) or an experiment name (its latest sweep)."""
-    from sweeplab.sweep import ROLE_TAG
-
     experiments = [e.experiment_id for e in client.search_experiments()]
     query = f"tags.`{ROLE_TAG}` = 'sweep'"
     order = ["attributes.start_time DESC"]
@@ -264,7 +261,6 @@ def find_parent(client, target: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeplab.rerun import default_tracking_uri
 
     parser = argparse.ArgumentParser(
         prog="sweeplab-report", description="Leaderboard of a sweep, from its runs in MLflow."
@@ -273,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlruns")
     parser.add_argument("--out", type=Path, help="also write the report files to this folder")
     args = parser.parse_args(argv)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    client = tracking.client(args.tracking_uri or tracking.default_uri())
     try:
         parent = find_parent(client, args.target)
     except SweeplabError as e:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -22,17 +21,13 @@ class RerunError(SweeplabError, RuntimeError):
     """The source run or its config cannot be found."""
 
 
-def default_tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
-
-
 def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, str]:
     """Download the run's logged config into `dest`; returns (its path, the run's name)."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from sweeplab.tracking import client as store_client
+
+    client = store_client(tracking_uri)
     try:
         source = client.get_run(run_id)
     except MlflowException:
@@ -57,8 +52,9 @@ def rerun(
     from hydra import compose, initialize_config_dir
 
     import sweeplab
+    from sweeplab.tracking import default_uri
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = tracking_uri or default_uri()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
     with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:

@@ -1,34 +1,16 @@
-"""Config identity and resume: which run a config is, and where to pick an interrupted one up."""
+"""Resume: where to pick an interrupted run up (a last.pt file or a run id), and SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import shutil
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from sweeplab.checkpoint import CheckpointError, load_checkpoint
 from sweeplab.schema import ConfigError
-
-# Keys that say where a run goes, not what it computes.
-NON_SEMANTIC = ("hydra", "output_dir", "tracking", "optimized_metric", "sweep")
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Stable id of what a config computes: the resolved config minus paths and tracking."""
-    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in NON_SEMANTIC:
-        data.pop(key, None)
-    data.get("trainer", {}).pop("resume", None)
-    data.get("dataset", {}).pop("root", None)
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_resume_state(resume: str, uri: str, output_dir: Path, expected_hash: str) -> dict:
@@ -60,9 +42,9 @@ def load_resume_state(resume: str, uri: str, output_dir: Path, expected_hash: st
 def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from sweeplab.tracking import _client
+    from sweeplab.tracking import client as store_client
 
-    client = _client(uri)
+    client = store_client(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:

@@ -1,13 +1,17 @@
-"""`train(cfg) -> dict`: build everything from the config, run the loop, track it. Nothing else.
+"""`train(cfg) -> dict`: one configuration, as a short list of named steps.
+
+    place -> plan -> restore point -> build -> open the run -> fit -> score the test set
 
 Order matters for reliability: the config is validated and data, model and optimizer are built
-*before* an MLflow run exists, so bad input fails fast and leaves nothing behind.
+*before* an MLflow run exists, so bad input fails fast and leaves nothing behind. The loop that
+touches batches is `loop.py`; what a run is tagged with is `tracking.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import distributed, tracking
+from sweeplab import distributed, store, tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import (
     load_checkpoint,
@@ -25,16 +29,17 @@ from sweeplab.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from sweeplab.data import Data
 from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
-from sweeplab.job import job_info
+from sweeplab.identity import config_hash
 from sweeplab.loop import Progress, evaluate, train_epoch
 from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.params import flatten_config, write_config_files
-from sweeplab.resume import config_hash, load_resume_state, sigterm_exits
-from sweeplab.schema import ConfigError, launch_dir, option, validate
-from sweeplab.sweep import in_multirun, job_placement, job_tags, plan_job
+from sweeplab.resume import load_resume_state, sigterm_exits
+from sweeplab.schema import ConfigError, in_multirun, launch_dir, option, validate
+from sweeplab.sweep import Plan, job_placement, plan_for
 
 log = logging.getLogger("sweeplab")
 
@@ -61,244 +66,298 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
 
 
-def record_failed_job(cfg: DictConfig, error: Exception) -> None:
-    try:
-        t = cfg.tracking
-        experiment_id = tracking.prepare_store(t.uri, t.root, t.experiment)
-        job = job_info(cfg)
-        tags = {
-            **job["tags"],
-            **job_tags(run_is_new=True),
-            "sweeplab.config_hash": config_hash(cfg),
-        }
-        tags["error"] = f"{type(error).__name__}: {error}"[:500]
-        client = tracking._client(t.uri)
-        run_id = client.create_run(experiment_id, run_name=job["run_name"], tags=tags).info.run_id
-        client.set_terminated(run_id, status="FAILED")
-    except Exception as e:  # e.g. the store itself is what failed: the job's error stands
-        log.warning("could not record the failed job in MLflow: %s", e)
-
-
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    where = place(cfg)
+    chash = config_hash(cfg)
+    plan = plan_for(cfg, chash)
+    if plan.result is not None:  # a dry run, or a sweep job whose config already FINISHED
+        return plan.result
+    resume_from = cfg.trainer.resume or (plan.run_id if plan.action == "resume" else None)
+    output_dir = Path(cfg.output_dir)
+    resumed = None
+    if resume_from:
+        resumed = load_resume_state(resume_from, cfg.tracking.uri, output_dir, chash)
+    parts = build_parts(cfg, where)
+    state = FitState.start(parts, resumed)
+    with sigterm_exits(), open_run(cfg, where, plan, chash, parts, resumed) as run:
+        try:
+            fit(cfg, where, parts, state, run, chash)
+            final = score_test_set(cfg, where, parts, state, run)
+        finally:  # whatever happened, keep the curves of what was learned
+            if state.history and where.ranks.is_main:
+                curves = plot_curves(state.history, output_dir / "plots" / "curves.png")
+                run.log_artifact(curves, "plots")
+    distributed.cleanup(where.ranks)
+    return {**final, "run_id": run.run_id, "history": state.history}
+
+
+# --- place: device, processes, threads, seed ----------------------------------------------------
+
+
+@dataclass
+class Where:
+    device: torch.device
+    ranks: distributed.Ranks
+    amp: str  # none | bf16 | fp16
+
+
+def place(cfg: DictConfig) -> Where:
+    """Check the config, then pick the device (a GPU of its own in a parallel sweep), join the
+    DDP group under torchrun, split the cores between parallel jobs, seed everything."""
     validate(cfg)
     tc = cfg.trainer
-    amp = option(tc.amp)
-    device = resolve_device(tc.device)
+    amp, device = option(tc.amp), resolve_device(tc.device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.amp=fp16 needs a CUDA device (got {device}); use bf16 or none")
     ranks = distributed.setup(option(tc.strategy), tc.device)  # ddp under torchrun, else single
+    if ranks.active and (tc.resume or in_multirun()):
+        raise ConfigError("trainer.strategy=ddp runs one configuration: no -m, no trainer.resume")
     device = distributed.device_for(ranks, device)
     distributed.check_batch(ranks, tc.batch_size)
-    place = job_placement()  # parallel sweep jobs split the cores and GPUs between them
-    if device.type == "cuda" and device.index is None and place.gpu is not None:
-        device = torch.device("cuda", place.gpu)
-    threads = tc.num_threads or place.threads
+    job = job_placement()  # parallel sweep jobs split the cores and GPUs between them
+    if device.type == "cuda" and device.index is None and job.gpu is not None:
+        device = torch.device("cuda", job.gpu)
+    threads = tc.num_threads or job.threads
     if threads:
         torch.set_num_threads(threads)
     seed_everything(tc.seed, tc.deterministic)
-    output_dir = Path(cfg.output_dir)
-    tracking.ensure_writable(output_dir, "output_dir")
-    uri = cfg.tracking.uri
-    chash = config_hash(cfg)
-    resume_from, experiment_id = tc.resume, None
-    if ranks.active and (resume_from or in_multirun()):
-        raise ConfigError("trainer.strategy=ddp runs one configuration: no -m, no trainer.resume")
-    planned = not resume_from and (in_multirun() or cfg.sweep.dry_run)
-    if planned:  # plan_job also ends this config's dead RUNNING runs
-        experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
-        plan = plan_job(uri, experiment_id, chash, cfg.sweep.rerun_finished)
-        if cfg.sweep.dry_run:
-            log.info("dry run: this job would %s", plan.describe())
-            return {"planned": plan.action, "run_id": plan.run_id, "history": [],
-                    cfg.optimized_metric: float("nan")}  # fmt: skip
-        if plan.action == "skip":
-            tracking.Run(tracking._client(uri), plan.run_id).set_tags(job_tags(run_is_new=False))
-            log.info(
-                "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
-                "train it again)", plan.run_id,
-            )  # fmt: skip
-            return {**plan.metrics, "run_id": plan.run_id, "history": [], "skipped": True}
-        if plan.action == "resume":
-            log.info("resuming interrupted run %s of this config", plan.run_id)
-            resume_from = plan.run_id
-    resumed = load_resume_state(resume_from, uri, output_dir, chash) if resume_from else None
+    store.ensure_writable(cfg.output_dir, "output_dir")
+    return Where(device, ranks, amp)
 
+
+# --- build: everything the loop needs, from the config -----------------------------------------
+
+
+@dataclass
+class Parts:
+    data: Data
+    model: torch.nn.Module  # holds the weights
+    net: torch.nn.Module  # runs the batches: the model, wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    augment: Any
+    normalize: Normalize
+    train_loss: torch.nn.Module
+    generators: dict[str, torch.Generator]
+    steps_per_epoch: int
+
+
+def build_parts(cfg: DictConfig, where: Where) -> Parts:
+    tc, device = cfg.trainer, where.device
     data = build(cfg.dataset, device=device, seed=tc.seed)
     model = build(cfg.model).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(build(cfg.optimizer), model)
-    net = model  # what runs the batches: DDP and/or compiled; `model` holds the weights
-    if ranks.active:
+    net = model
+    if where.ranks.active:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
     if tc.compile:
         net = torch.compile(net)
-    steps_per_epoch = data.train.num_batches(tc.batch_size, drop_last=True)
-    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=tc.epochs)
-    augment = build(cfg.augmentation)
-    normalize = Normalize(data.mean, data.std, device, tc.channels_last)
-    train_loss = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    eval_loss = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    generators = {
-        "shuffle": torch.Generator().manual_seed(tc.seed),
-        "augment": torch.Generator(device).manual_seed(tc.seed + 1 + ranks.rank),
-    }
-    num_classes = len(data.classes)
+    steps = data.train.num_batches(tc.batch_size, drop_last=True)
+    return Parts(
+        data=data,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=build(cfg.scheduler)(optimizer, steps_per_epoch=steps, epochs=tc.epochs),
+        scaler=torch.amp.GradScaler(device.type, enabled=where.amp == "fp16"),
+        augment=build(cfg.augmentation),
+        normalize=Normalize(data.mean, data.std, device, tc.channels_last),
+        train_loss=torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing),
+        generators={
+            "shuffle": torch.Generator().manual_seed(tc.seed),
+            "augment": torch.Generator(device).manual_seed(tc.seed + 1 + where.ranks.rank),
+        },
+        steps_per_epoch=steps,
+    )
 
-    def reduce(t):
-        return distributed.all_reduce_sum(t, ranks)
 
-    def run_eval(split):
-        return evaluate(
-            net,
-            distributed.shard(split.batches(tc.eval_batch_size), ranks),
-            normalize=normalize,
-            loss_fn=eval_loss,
-            num_classes=num_classes,
-            device=device,
-            amp=amp,
-            reduce=reduce,
-        )
+@dataclass
+class FitState:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    start_epoch: int = 1
+    best_weights: dict | None = None  # ddp ranks > 0 keep the best weights in memory
 
-    job = job_info(cfg)
-    main = ranks.is_main  # with ddp, only rank 0 talks to MLflow and writes files
-    if experiment_id is None and main:
-        experiment_id = tracking.prepare_store(uri, cfg.tracking.root, cfg.tracking.experiment)
-    if resumed is None and not planned and main:
-        for stale in tracking.mark_stale_runs(uri, experiment_id, chash):
+    @classmethod
+    def start(cls, parts: Parts, resumed: dict | None) -> FitState:
+        """From scratch, or exactly where the checkpoint `resumed` left off."""
+        if resumed is None:
+            return cls()
+        restore_training_state(
+            resumed, model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
+            scaler=parts.scaler, generators=parts.generators,
+        )  # fmt: skip
+        log.info("resuming run %s after epoch %d", resumed["mlflow_run_id"], resumed["epoch"])
+        return cls(resumed["history"], resumed["best_acc"], resumed["best_epoch"],
+                   resumed["epoch"] + 1)  # fmt: skip
+
+
+# --- open the run: store, tags, params, config files -------------------------------------------
+
+
+@contextlib.contextmanager
+def open_run(cfg: DictConfig, where: Where, plan: Plan, chash: str, parts: Parts, resumed):
+    """The MLflow run this training logs into (a stand-in on DDP ranks > 0): created with its
+    tags, params and config files, or reopened to resume. Ends FINISHED, FAILED or KILLED."""
+    if not where.ranks.is_main:  # with ddp, only rank 0 talks to MLflow and writes files
+        yield tracking.NullRun()
+        return
+    t = cfg.tracking
+    experiment_id = plan.experiment_id or store.prepare_store(t.uri, t.root, t.experiment)
+    if resumed is None and plan.experiment_id is None:  # planning already did this
+        for stale in store.mark_stale_runs(t.uri, experiment_id, chash):
             log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
+    data, model = parts.data, parts.model
     log.info(
         "%s: %d train / %d val / %d test images, %s on %s, %d params",
         cfg.dataset.name, len(data.train), len(data.val), len(data.test),
-        cfg.model._target_.rsplit(".", 1)[-1], device,
+        cfg.model._target_.rsplit(".", 1)[-1], where.device,
         sum(p.numel() for p in model.parameters()),
     )  # fmt: skip
-    best_path = output_dir / "checkpoints" / "best.pt"
-    last_path = output_dir / "checkpoints" / "last.pt"
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch, start_epoch = -1.0, 0, 1
-    best_weights = None  # ddp ranks > 0 keep the best weights in memory instead of best.pt
-    if resumed is not None:
-        restore_training_state(
-            resumed, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            generators=generators,
-        )  # fmt: skip
-        history = resumed["history"]
-        best_acc, best_epoch = resumed["best_acc"], resumed["best_epoch"]
-        start_epoch = resumed["epoch"] + 1
-        log.info("resuming run %s after epoch %d", resumed["mlflow_run_id"], resumed["epoch"])
     resume_id = resumed["mlflow_run_id"] if resumed else None
-    tags = {**job["tags"], **tracking.process_tags(), "sweeplab.config_hash": chash,
-            "sweeplab.threads": str(torch.get_num_threads()), "sweeplab.device": str(device),
-            **job_tags(run_is_new=resume_id is None)}  # fmt: skip
-
-    tracked = (
-        tracking.tracked_run(uri, experiment_id, job["run_name"], tags, resume_id)
-        if main
-        else contextlib.nullcontext(tracking.NullRun())
+    name, tags = tracking.run_tags(
+        cfg, config_hash=chash, device=where.device, run_is_new=resume_id is None
     )
-    with sigterm_exits(), tracked as run:
-        log.info("MLflow run %s (experiment %r)", run.run_id, cfg.tracking.experiment)
+    with tracking.tracked_run(t.uri, experiment_id, name, tags, resume_id) as run:
+        log.info("MLflow run %s (experiment %r)", run.run_id, t.experiment)
         if resumed is None:
             run.log_params(flatten_config(cfg, launch_dir()))
-            for path in write_config_files(cfg, output_dir):
+            for path in write_config_files(cfg, Path(cfg.output_dir)):
                 run.log_artifact(path, "hydra")
             run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
         else:  # an epoch checkpointed but killed before its metrics were logged
             logged = max((m.step for m in run.metric_history("val_acc")), default=0)
-            for row in history:
+            for row in resumed["history"]:
                 if row["epoch"] > logged:
                     run.log_metrics(_epoch_metrics(row), step=row["epoch"])
-        try:
-            for epoch in range(start_epoch, tc.epochs + 1):
-                progress = Progress(steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
-                batches = data.train.batches(
-                    tc.batch_size, True, generators["shuffle"], drop_last=True
-                )
-                stats = train_epoch(
-                    net,
-                    distributed.shard(batches, ranks),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    loss_fn=train_loss,
-                    augment=augment,
-                    normalize=normalize,
-                    generator=generators["augment"],
-                    device=device,
-                    amp=amp,
-                    scaler=scaler,
-                    grad_clip=tc.grad_clip,
-                    on_step=progress,
-                    epoch=epoch,
-                    reduce=reduce,
-                )
-                progress.close()
-                val_loss, val_acc, _ = run_eval(data.val)
-                row = {"epoch": epoch, **stats, "val_loss": val_loss, "val_acc": val_acc}
-                row["lr"] = optimizer.param_groups[0]["lr"]
-                history.append(row)
-                improved = val_acc > best_acc
-                if epoch == 1 and tc.compile:
-                    run.log_metrics({"compile_time_s": stats["first_step_time_s"]}, step=0)
-                if improved:
-                    best_acc, best_epoch = val_acc, epoch
-                    if main:
-                        ckpt = model_checkpoint(
-                            model, OmegaConf.to_container(cfg.model, resolve=True),
-                            str(cfg.dataset.name), data.classes, epoch, val_acc,
-                        )  # fmt: skip
-                        save_checkpoint(ckpt, best_path)
-                        run.log_artifact(best_path, "checkpoints")
-                    else:
-                        best_weights = {k: v.clone() for k, v in model.state_dict().items()}
-                if main:  # last.pt before the metrics: a resume re-logs what a kill cut off
-                    state = training_state(
-                        model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                        generators=generators, epoch=epoch, best_acc=best_acc,
-                        best_epoch=best_epoch, history=history, run_id=run.run_id,
-                        config_hash=chash,
-                    )  # fmt: skip
-                    save_checkpoint(state, last_path)
-                    run.log_artifact(last_path, "checkpoints")
-                run.log_metrics(_epoch_metrics(row), step=epoch)
-                log.info(
-                    "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
-                    "lr %.2e  %.1fs  %.0f img/s%s",
-                    epoch, tc.epochs, stats["train_loss"], stats["train_acc"], val_loss, val_acc,
-                    row["lr"], stats["epoch_time_s"], stats["train_images_per_s"],
-                    "  *best" if improved else "",
-                )  # fmt: skip
-                if tc.early_stopping and epoch - best_epoch >= tc.early_stopping:
-                    log.info("early stop: no val_acc gain for %d epochs", tc.early_stopping)
-                    break
+        yield run
 
-            # Score the test set once, with the checkpoint chosen on validation.
-            model.load_state_dict(best_weights or load_checkpoint(best_path)["model"])
-            test_loss, test_acc, confusion = run_eval(data.test)
-            final = {
-                "best_val_acc": best_acc,
-                "best_epoch": best_epoch,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                **per_class_metrics(confusion, data.classes),
-            }
-            run.log_metrics(final, step=best_epoch)
-            if main:
-                png = output_dir / "plots" / "confusion_matrix.png"
-                run.log_artifact(plot_confusion(confusion, data.classes, png), "plots")
-            log.info(
-                "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
-                best_epoch, best_acc, test_acc, test_loss,
-            )  # fmt: skip
-        finally:  # whatever happened, keep the curves of what was learned
-            if history and main:
-                curves = plot_curves(history, output_dir / "plots" / "curves.png")
-                run.log_artifact(curves, "plots")
-    distributed.cleanup(ranks)
-    return {**final, "run_id": run.run_id, "history": history}
+
+# --- fit: the epochs ----------------------------------------------------------------------------
+
+
+def fit(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run, chash: str) -> None:
+    """Train epoch after epoch; keep the best checkpoint by validation accuracy, a last.pt to
+    resume from after each epoch, and stop early when validation stops improving."""
+    tc, ranks, output_dir = cfg.trainer, where.ranks, Path(cfg.output_dir)
+    for epoch in range(state.start_epoch, tc.epochs + 1):
+        progress = Progress(parts.steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
+        batches = parts.data.train.batches(
+            tc.batch_size, True, parts.generators["shuffle"], drop_last=True
+        )
+        stats = train_epoch(
+            parts.net, distributed.shard(batches, ranks), optimizer=parts.optimizer,
+            scheduler=parts.scheduler, loss_fn=parts.train_loss, augment=parts.augment,
+            normalize=parts.normalize, generator=parts.generators["augment"],
+            device=where.device, amp=where.amp, scaler=parts.scaler, grad_clip=tc.grad_clip,
+            on_step=progress, epoch=epoch, reduce=_reducer(ranks),
+        )  # fmt: skip
+        progress.close()
+        val_loss, val_acc, _ = evaluate_split(cfg, where, parts, parts.data.val)
+        row = {"epoch": epoch, **stats, "val_loss": val_loss, "val_acc": val_acc}
+        state.history.append(row)
+        if epoch == 1 and tc.compile:
+            run.log_metrics({"compile_time_s": stats["first_step_time_s"]}, step=0)
+        improved = val_acc > state.best_acc
+        if improved:
+            state.best_acc, state.best_epoch = val_acc, epoch
+            keep_best(cfg, where, parts, state, run, epoch, val_acc)
+        if ranks.is_main:  # last.pt before the metrics: a resume re-logs what a kill cut off
+            last = save_checkpoint(training_state(
+                model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler,
+                scaler=parts.scaler, generators=parts.generators, epoch=epoch,
+                best_acc=state.best_acc, best_epoch=state.best_epoch, history=state.history,
+                run_id=run.run_id, config_hash=chash,
+            ), output_dir / "checkpoints" / "last.pt")  # fmt: skip
+            run.log_artifact(last, "checkpoints")
+        run.log_metrics(_epoch_metrics(row), step=epoch)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
+            "lr %.2e  %.1fs  %.0f img/s%s",
+            epoch, tc.epochs, stats["train_loss"], stats["train_acc"], val_loss, val_acc,
+            row["lr"], stats["epoch_time_s"], stats["train_images_per_s"],
+            "  *best" if improved else "",
+        )  # fmt: skip
+        if tc.early_stopping and epoch - state.best_epoch >= tc.early_stopping:
+            log.info("early stop: no val_acc gain for %d epochs", tc.early_stopping)
+            break
+
+
+def keep_best(cfg, where: Where, parts: Parts, state: FitState, run, epoch: int, val_acc):
+    """best.pt (weights + what is needed to rebuild the model), logged to the run; DDP ranks
+    other than 0 keep the weights in memory instead."""
+    if not where.ranks.is_main:
+        state.best_weights = {k: v.clone() for k, v in parts.model.state_dict().items()}
+        return
+    ckpt = model_checkpoint(
+        parts.model, OmegaConf.to_container(cfg.model, resolve=True), str(cfg.dataset.name),
+        parts.data.classes, epoch, val_acc,
+    )  # fmt: skip
+    run.log_artifact(save_checkpoint(ckpt, _best_path(cfg)), "checkpoints")
+
+
+# --- test: once, with the checkpoint chosen on validation --------------------------------------
+
+
+def score_test_set(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run) -> dict:
+    weights = state.best_weights or load_checkpoint(_best_path(cfg))["model"]
+    parts.model.load_state_dict(weights)
+    test_loss, test_acc, confusion = evaluate_split(cfg, where, parts, parts.data.test)
+    final = {
+        "best_val_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        **per_class_metrics(confusion, parts.data.classes),
+    }
+    run.log_metrics(final, step=state.best_epoch)
+    if where.ranks.is_main:
+        png = Path(cfg.output_dir) / "plots" / "confusion_matrix.png"
+        run.log_artifact(plot_confusion(confusion, parts.data.classes, png), "plots")
+    log.info(
+        "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
+        state.best_epoch, state.best_acc, test_acc, test_loss,
+    )  # fmt: skip
+    return final
+
+
+def evaluate_split(cfg: DictConfig, where: Where, parts: Parts, split) -> tuple:
+    """(loss, accuracy, confusion) over the whole split, across DDP ranks; never augmented."""
+    return evaluate(
+        parts.net, distributed.shard(split.batches(cfg.trainer.eval_batch_size), where.ranks),
+        normalize=parts.normalize, loss_fn=torch.nn.CrossEntropyLoss(),
+        num_classes=len(parts.data.classes), device=where.device, amp=where.amp,
+        reduce=_reducer(where.ranks),
+    )  # fmt: skip
+
+
+# --- a sweep job that failed before its run existed --------------------------------------------
+
+
+def record_failed_job(cfg: DictConfig, error: Exception) -> None:
+    try:
+        t = cfg.tracking
+        experiment_id = store.prepare_store(t.uri, t.root, t.experiment)
+        name, tags = tracking.failed_job_tags(cfg, error, config_hash(cfg))
+        client = tracking.client(t.uri)
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        client.set_terminated(run_id, status="FAILED")
+    except Exception as e:  # e.g. the store itself is what failed: the job's error stands
+        log.warning("could not record the failed job in MLflow: %s", e)
+
+
+def _best_path(cfg: DictConfig) -> Path:
+    return Path(cfg.output_dir) / "checkpoints" / "best.pt"
+
+
+def _reducer(ranks: distributed.Ranks):
+    return lambda t: distributed.all_reduce_sum(t, ranks)
 
 
 def _epoch_metrics(row: dict[str, float]) -> dict[str, float]:

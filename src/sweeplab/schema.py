@@ -107,6 +107,14 @@ def launch_dir() -> Path:
     return Path.cwd()
 
 
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    return mode is not None and mode.name == "MULTIRUN"
+
+
 def abspath(path: str) -> str:
     """Make `path` absolute relative to the launch directory (stable under hydra.job.chdir)."""
     p = Path(os.path.expanduser(str(path)))
@@ -195,20 +203,22 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+def _missing_keys(node: DictConfig | ListConfig) -> list[str]:
     """Keys still `???`, found without resolving interpolations (they may need Hydra)."""
     found = []
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        full = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
-        if full == "hydra":
-            continue
-        if OmegaConf.is_missing(node, key):
-            found.append(full)
-            continue
-        child = node._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation():
-            found += _missing_keys(child, full + ".")
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "hydra" or key:
+                    walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif value == "???":
+            found.append(key)
+
+    walk(OmegaConf.to_container(node, resolve=False), "")
     return found
 
 

@@ -1,7 +1,7 @@
 """Sweeps: the Hydra callback around a sweep (store, parent run, report), where each job runs
 (threads, GPU), and what a job of a re-launched sweep does.
 
-Each run carries a `sweeplab.config_hash` tag (resume.config_hash). When a sweep is launched
+Each run carries a `sweeplab.config_hash` tag (identity.config_hash). When a sweep is launched
 again, every job looks up the runs of its own configuration in the experiment:
 
 - a FINISHED run  -> skip: return that run's metrics (unless sweep.rerun_finished=true);
@@ -12,7 +12,6 @@ again, every job looks up the runs of its own configuration in the experiment:
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import shlex
@@ -23,11 +22,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import tracking
+from sweeplab import store, tracking
 from sweeplab.errors import SweeplabError
+from sweeplab.identity import sweep_id
 from sweeplab.params import relativize_paths
 from sweeplab.redact import redact_override, redacted_overrides, typed_overrides
-from sweeplab.schema import abspath
+from sweeplab.schema import abspath, in_multirun
+from sweeplab.tracking import (
+    PARENT_ENV,
+    ROLE_TAG,
+    SWEEP_ID_ENV,
+    SWEPT_KEYS_ENV,
+    process_tags,
+    sweep_tags,
+)
 
 log = logging.getLogger("sweeplab")
 
@@ -37,15 +45,43 @@ class Plan:
     action: str  # "run" | "skip" | "resume"
     run_id: str | None = None
     metrics: dict | None = None
+    experiment_id: str | None = None  # set when planning already prepared the store
+    result: dict | None = None  # the job is done without training: train() returns this
 
     def describe(self) -> str:
         return self.action if self.run_id is None else f"{self.action} {self.run_id}"
 
 
+def plan_for(cfg: DictConfig, config_hash: str) -> Plan:
+    """What this job does. A sweep job (or a dry run) looks at what the store already holds
+    for its config: skip a FINISHED run, resume an interrupted one, else run. A single run,
+    or one given `trainer.resume`, just runs."""
+    if cfg.trainer.resume or not (in_multirun() or cfg.sweep.dry_run):
+        return Plan("run")
+    t = cfg.tracking
+    experiment_id = store.prepare_store(t.uri, t.root, t.experiment)
+    plan = plan_job(t.uri, experiment_id, config_hash, cfg.sweep.rerun_finished)
+    plan.experiment_id = experiment_id
+    if cfg.sweep.dry_run:
+        log.info("dry run: this job would %s", plan.describe())
+        plan.result = {"planned": plan.action, "run_id": plan.run_id, "history": [],
+                       cfg.optimized_metric: float("nan")}  # fmt: skip
+    elif plan.action == "skip":
+        tracking.Run(tracking.client(t.uri), plan.run_id).set_tags(sweep_tags(run_is_new=False))
+        log.info(
+            "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
+            "train it again)", plan.run_id,
+        )  # fmt: skip
+        plan.result = {**plan.metrics, "run_id": plan.run_id, "history": [], "skipped": True}
+    elif plan.action == "resume":
+        log.info("resuming interrupted run %s of this config", plan.run_id)
+    return plan
+
+
 def plan_job(uri: str, experiment_id: str, config_hash: str, rerun_finished: bool) -> Plan:
-    for stale in tracking.mark_stale_runs(uri, experiment_id, config_hash):
+    for stale in store.mark_stale_runs(uri, experiment_id, config_hash):
         log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     runs = client.search_runs(
         [experiment_id],
         f"tags.`sweeplab.config_hash` = '{config_hash}'",
@@ -101,13 +137,6 @@ def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.envi
     return Placement(max(1, cores // k), gpu, k)
 
 
-def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
-    return mode is not None and mode.name == "MULTIRUN"
-
-
 def job_placement() -> Placement:
     """`placement` for the running Hydra job (a no-op outside a parallel sweep)."""
     if not in_multirun():
@@ -123,47 +152,13 @@ def job_placement() -> Placement:
 
 # --- the parent run of a sweep ------------------------------------------------------------
 
-# Jobs find their sweep through the environment, which joblib / submitit workers inherit.
-SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
-PARENT_ENV = "SWEEPLAB_PARENT_RUN_ID"
-SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
-ROLE_TAG = "sweeplab.role"  # "sweep" on parent runs; jobs do not carry it
-
-
-def member_tag(sweep_id: str) -> str:
-    """Tag put on every run a sweep counts, including runs it skipped because an earlier
-    sweep had FINISHED them (a run has one MLflow parent but may belong to several sweeps)."""
-    return f"sweeplab.in_sweep.{sweep_id}"
-
-
-def sweep_id(config: DictConfig) -> str:
-    """Same command (what it sweeps and sets) in the same experiment -> same id, so launching
-    a sweep again continues its parent run instead of starting another one."""
-    ignored = ("tracking.", "sweep.", "hydra.", "output_dir")
-    typed = redacted_overrides(config.hydra.overrides.task)  # the secrets' values never matter
-    task = sorted(o for o in typed if not o.lstrip("+~").startswith(ignored))
-    params = config.hydra.sweeper.get("params") or {}
-    text = repr((task, sorted((str(k), str(v)) for k, v in params.items())))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def job_tags(run_is_new: bool) -> dict[str, str]:
-    """Tags that tie a job's run to its sweep (empty outside a sweep)."""
-    parent, sid = os.environ.get(PARENT_ENV), os.environ.get(SWEEP_ID_ENV)
-    if not parent or not sid:
-        return {}
-    tags = {member_tag(sid): "true"}
-    if run_is_new:  # resumed / skipped runs keep the parent they were created under
-        tags.update({"mlflow.parentRunId": parent, "sweeplab.sweep_id": sid})
-    return tags
-
 
 def open_parent(uri: str, experiment_id: str, sid: str, name: str, tags: dict) -> str:
     """The sweep's parent run: created on first launch, reopened (RUNNING) on a re-launch."""
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     query = f"tags.`sweeplab.sweep_id` = '{sid}' and tags.`{ROLE_TAG}` = 'sweep'"
     found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
-    tags = {**tags, ROLE_TAG: "sweep", "sweeplab.sweep_id": sid, **tracking.process_tags()}
+    tags = {**tags, ROLE_TAG: "sweep", "sweeplab.sweep_id": sid, **process_tags()}
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -190,11 +185,11 @@ class PrepareStoreCallback(Callback):
 
         try:
             validate(config)
-            tracking.ensure_writable(abspath(output_dir), "hydra output dir")
+            store.ensure_writable(abspath(output_dir), "hydra output dir")
             if not config.sweep.dry_run:  # one download, here, not one per job
                 fetch_dataset_files(config.dataset)
             t = config.tracking
-            return tracking.prepare_store(t.uri, t.root, t.experiment)
+            return store.prepare_store(t.uri, t.root, t.experiment)
         except SweeplabError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -1,7 +1,8 @@
-"""MLflow: store set-up, one run's lifecycle and status, metrics, tags and artifacts.
+"""MLflow runs: the store client, what a run is tagged with, one run's lifecycle and status.
 
 Uses `MlflowClient` with explicit run ids rather than the fluent `mlflow.start_run` API, so no
 "active run" is global state that could leak from one job into the next in the same process.
+Every tag a run carries is assembled here (`run_tags`, `sweep_tags`, `failed_job_tags`).
 """
 
 from __future__ import annotations
@@ -9,19 +10,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
+import shlex
 import socket
-import sqlite3
-import tempfile
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
 
 from sweeplab.errors import SweeplabError
-from sweeplab.params import MAX_PARAM_VALUE, relativize_paths
-from sweeplab.redact import redact_uri
-from sweeplab.schema import abspath, launch_dir
+from sweeplab.identity import semantic_overrides
+from sweeplab.params import git_state, relativize_paths
+from sweeplab.redact import env_sourced_keys, redact_flat, redacted_overrides
+from sweeplab.schema import abspath, in_multirun, launch_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class TrackingError(SweeplabError):
     """The tracking store cannot be used (unreachable, not writable, unknown run)."""
 
 
-def _client(uri: str):
+def client(uri: str):
+    """An MlflowClient for `uri` (relative local stores resolved from the launch dir)."""
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=resolve_uri(uri))
@@ -51,146 +55,10 @@ def resolve_uri(uri: str) -> str:
     return abspath(uri) if "://" not in uri else uri
 
 
-def ensure_writable(path: str | Path, what: str) -> None:
-    """Write a probe file in `path`, or raise one clear error before training. Folders made
-    for the probe are removed again: a launch that fails later leaves nothing behind."""
-    path = Path(path)
-    made = [p for p in (path, *path.parents) if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".sweeplab-probe-"):
-            pass
-    except OSError as e:
-        raise TrackingError(f"{what}={path} is not writable: {e.strerror or e}") from None
-    finally:
-        for folder in made:  # deepest first; another process may have filled one meanwhile
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def check_store(uri: str, root: str) -> None:
-    """Fail fast: a local store must be writable, a server must answer."""
-    if is_local(uri):
-        ensure_writable(root, "tracking.root")
-        db = resolve_uri(uri)
-        if db.startswith("sqlite:///"):
-            ensure_writable(Path(db[len("sqlite:///") :]).parent, "tracking.uri")
-            check_sqlite_file(Path(db[len("sqlite:///") :]))
-        return
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
-    except requests.RequestException as e:
-        raise TrackingError(
-            f"tracking server {redact_uri(uri)} is unreachable ({type(e).__name__}); start it, "
-            "or point tracking.uri at a reachable server or a local sqlite:/// store"
-        ) from None
-
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def check_sqlite_file(path: Path) -> None:
-    """An existing store file must be an intact SQLite database. Anything else (a truncated
-    copy, a wrong file) ends here with one line, before MLflow's migrations could touch it."""
-    if not path.is_file() or path.stat().st_size == 0:  # absent or empty: MLflow creates it
-        return
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(100)
-    problem = None
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        problem = "is not an SQLite database"
-    else:
-        # The header's page count is valid when its "version valid for" matches the change
-        # counter; a -wal file may hold pages the main file does not have yet.
-        page_size = int.from_bytes(header[16:18], "big")
-        page_size = 65536 if page_size == 1 else page_size
-        pages = int.from_bytes(header[28:32], "big")
-        counted = header[92:96] == header[24:28] and not Path(f"{path}-wal").exists()
-        if counted and page_size * pages > size:
-            problem = f"is truncated ({size} of its {page_size * pages} bytes)"
-        else:
-            try:
-                with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as c:
-                    c.execute("select count(*) from sqlite_master").fetchone()
-            except sqlite3.DatabaseError as e:
-                problem = f"cannot be read as an SQLite database ({e})"
-    if problem:
-        raise TrackingError(
-            f"tracking.uri: the store file {path} {problem}. sweeplab leaves it untouched: "
-            "restore it from a backup, or point tracking.root / tracking.uri at another store"
-        )
-
-
-@contextlib.contextmanager
-def _store_lock(root: Path):
-    """Serialise store/experiment creation across processes (sqlite set-up is not race-safe)."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".sweeplab.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def prepare_store(uri: str, root: str, experiment: str) -> str:
-    """Check the store, create it and the experiment if needed (once, under a lock); its id."""
-    from mlflow.exceptions import MlflowException
-
-    check_store(uri, root)
-    local = is_local(uri)
-    root_path = Path(abspath(root))
-    with _store_lock(root_path) if local else contextlib.nullcontext():
-        db = resolve_uri(uri)
-        if db.startswith("sqlite:///"):  # sqlite makes the file, not its folder
-            Path(db[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        client = _client(uri)
-        try:
-            found = client.get_experiment_by_name(experiment)
-        except MlflowException as e:  # /health answers even without credentials: ask for real
-            raise TrackingError(
-                f"tracking server {redact_uri(uri)} refused the request: {str(e)[:300]} "
-                "(with basic auth set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
-            ) from None
-        if found is not None and found.lifecycle_stage == "deleted":
-            typed_uri = relativize_paths(redact_uri(resolve_uri(uri)), launch_dir())
-            raise TrackingError(
-                f"tracking.experiment={experiment!r} is deleted (experiment id "
-                f"{found.experiment_id}); restore it with `MLFLOW_TRACKING_URI="
-                f"{typed_uri} mlflow experiments restore --experiment-id "
-                f"{found.experiment_id}`, or log into another one with "
-                "tracking.experiment=<name> (`mlflow gc` frees a deleted name for good)"
-            )
-        if found is not None:
-            return found.experiment_id
-        artifacts = (
-            (root_path / "artifacts" / _safe_dirname(experiment)).as_uri() if local else None
-        )
-        try:
-            return client.create_experiment(experiment, artifact_location=artifacts, tags=KIND)
-        except MlflowException:  # another host created it first (server stores)
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return found.experiment_id
-
-
-# The experiment kind MLflow 3's UI writes for model training (its "Custom model development"
-# choice). MLflow 3.17's UI ignores it and follows its own GenAI / Model training switch
-# instead (README, "first five minutes"), but the tag still says what the experiment is.
-KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def _safe_dirname(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", name) or "experiment"
-
-
-# --- one run ---------------------------------------------------------------------------------
+def default_uri() -> str:
+    """The store a command outside a Hydra run uses: $MLFLOW_TRACKING_URI, else ./mlruns."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path('mlruns').resolve()}/mlflow.db"
 
 
 class Run:
@@ -213,14 +81,16 @@ class Run:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-        items = [RunTag(k, str(v)[:MAX_PARAM_VALUE]) for k, v in tags.items()]
+        items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """All values of one step in one batch, written by MLflow's background logger so the
-        training loop does not wait for the store; `flush()` waits before the run ends."""
+        """All values of one step in one batch, written by this run's own background thread
+        (see __init__) so the training loop does not wait for the store; `flush()` waits for
+        them before the run ends."""
         import time
 
         from mlflow.entities import Metric
@@ -269,14 +139,12 @@ def tracked_run(
 ) -> Iterator[Run]:
     """Create (or reopen, to resume) a run; end it FINISHED, or FAILED / KILLED with the
     traceback logged, re-raising. A normal error never leaves it RUNNING."""
-    client = _client(uri)
+    store = client(uri)
     if resume_run_id is None:
-        run = Run(
-            client, client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        )
+        run = Run(store, store.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
     else:
-        client.update_run(resume_run_id, status="RUNNING")
-        run = Run(client, resume_run_id)
+        store.update_run(resume_run_id, status="RUNNING")
+        run = Run(store, resume_run_id)
         run.set_tags({**tags, "sweeplab.resumed": "true"})
     try:
         yield run
@@ -287,14 +155,29 @@ def tracked_run(
             e.sweeplab_run_id = run.run_id
         with contextlib.suppress(Exception):  # never mask the original error
             run.flush()
-            run.set_tags({"error": f"{type(e).__name__}: {e}"[:500]})
+            run.set_tags(error_tag(e))
             run.log_text(traceback.format_exc(), "error/traceback.txt")
         run.close()
-        client.set_terminated(run.run_id, status=status)
+        store.set_terminated(run.run_id, status=status)
         log.error("run %s ended %s: %s: %s", run.run_id, status, type(e).__name__, e)
         raise
     run.close()
-    client.set_terminated(run.run_id, status="FINISHED")
+    store.set_terminated(run.run_id, status="FINISHED")
+
+
+# --- tags: what a run says about itself ---------------------------------------------------------
+
+ROLE_TAG = "sweeplab.role"  # "sweep" on a sweep's parent run; job runs do not carry it
+# Jobs find their sweep through the environment, which joblib / submitit workers inherit.
+SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
+PARENT_ENV = "SWEEPLAB_PARENT_RUN_ID"
+SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
+
+
+def member_tag(sweep_id: str) -> str:
+    """Tag put on every run a sweep counts, including runs it skipped because an earlier
+    sweep had FINISHED them (a run has one MLflow parent but may belong to several sweeps)."""
+    return f"sweeplab.in_sweep.{sweep_id}"
 
 
 def process_tags() -> dict[str, str]:
@@ -302,26 +185,78 @@ def process_tags() -> dict[str, str]:
     return {"sweeplab.host": socket.gethostname(), "sweeplab.pid": str(os.getpid())}
 
 
-def mark_stale_runs(uri: str, experiment_id: str, config_hash: str) -> list[str]:
-    """End as KILLED the RUNNING runs of this config whose process (on this host) is gone."""
-    client = _client(uri)
-    query = f"tags.`sweeplab.config_hash` = '{config_hash}' and attributes.status = 'RUNNING'"
-    stale = []
-    for run in client.search_runs([experiment_id], query):
-        tags = run.data.tags
-        if tags.get("sweeplab.host") != socket.gethostname() or _alive(tags.get("sweeplab.pid")):
-            continue
-        client.set_tag(run.info.run_id, "sweeplab.stale", "process gone; marked KILLED")
-        client.set_terminated(run.info.run_id, status="KILLED")
-        stale.append(run.info.run_id)
-    return stale
+def sweep_tags(run_is_new: bool) -> dict[str, str]:
+    """Tags that tie a job's run to its sweep (empty outside a sweep)."""
+    parent, sid = os.environ.get(PARENT_ENV), os.environ.get(SWEEP_ID_ENV)
+    if not parent or not sid:
+        return {}
+    tags = {member_tag(sid): "true"}
+    if run_is_new:  # resumed / skipped runs keep the parent they were created under
+        tags.update({"mlflow.parentRunId": parent, "sweeplab.sweep_id": sid})
+    return tags
 
 
-def _alive(pid: str | None) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+def error_tag(error: BaseException) -> dict[str, str]:
+    return {"error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def job_info(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+    """The job's run name and the tags that say how to find and reproduce it: overrides
+    (secrets masked, interpolations unresolved), Hydra dirs, git state, re-run commands."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tags = {**git_state(launch_dir())}
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        overrides = redacted_overrides(hc.overrides.task)
+        tags["hydra.output_dir"] = relativize_paths(hc.runtime.output_dir, launch_dir())
+        if in_multirun():
+            tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
+            tags["hydra.job_num"] = str(hc.job.num)
+    if cfg.tracking.source_run_id:
+        tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
+    tags["sweeplab.overrides"] = " ".join(overrides)
+    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, overrides)])
+    if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
+        tags["sweeplab.reproduce_config"] = (
+            f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "
+            "--config-name config"
+        )
+    return run_name(cfg, overrides, in_sweep="hydra.sweep_dir" in tags), tags
+
+
+def run_name(cfg: DictConfig, overrides: list[str], in_sweep: bool) -> str:
+    """`tracking.run_name`, else the overrides that change what the run computes (in a sweep,
+    only the swept ones: `optimizer=adam,model=lenet`), else "defaults"."""
+    if cfg.tracking.run_name:  # a name may be read from the environment: same secret rule
+        flat = redact_flat({"tracking.run_name": cfg.tracking.run_name}, env_sourced_keys(cfg))
+        return flat["tracking.run_name"][:250]
+    semantic = semantic_overrides(overrides)
+    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
+    if in_sweep and any(swept):
+        semantic = [o for o in semantic if o.split("=", 1)[0] in swept] or semantic
+    return (",".join(semantic) or "defaults")[:250]
+
+
+def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool) -> tuple:
+    """(run name, every tag a training run starts with)."""
+    import torch
+
+    name, tags = job_info(cfg)
+    tags.update({
+        **process_tags(),
+        "sweeplab.config_hash": config_hash,
+        "sweeplab.threads": str(torch.get_num_threads()),
+        "sweeplab.device": str(device),
+        **sweep_tags(run_is_new),
+    })  # fmt: skip
+    return name, tags
+
+
+def failed_job_tags(cfg: DictConfig, error: BaseException, config_hash: str) -> tuple:
+    """(run name, tags) of the FAILED run recorded for a sweep job that failed before its run
+    existed, so the sweep's report lists it."""
+    name, tags = job_info(cfg)
+    tags.update({**sweep_tags(run_is_new=True), "sweeplab.config_hash": config_hash})
+    return name, {**tags, **error_tag(error)}
