@@ -16,6 +16,8 @@ measured piece by piece rather than guessed:
   +stats      running loss and accuracy sums on the device
   +nan-check  the non-finite loss flag (read every step on CPU)
   +sched      the lr scheduler step and GradScaler pass-through (disabled scaler)
+`--model linear` swaps simple_cnn for one Linear layer, so a step is almost only the loop's own
+work: its ms/step column shows what each piece costs in absolute terms.
 Rounds alternate between contenders (every other round in reverse order); the table gives
 the best and the median round of each, as img/s and as a ratio to the tuned bare loop.
 """
@@ -46,9 +48,16 @@ def make_data(n: int, shape: str) -> tuple[TensorSplit, tuple, tuple]:
     return TensorSplit(images, torch.randint(0, 10, (n,), generator=g)), mean, std
 
 
+MODEL = "simple_cnn"  # set from --model; "linear" leaves almost only the loop's own work
+
+
 def fresh(c: int):
     torch.manual_seed(0)
-    model = simple_cnn(c, 10).to(memory_format=torch.channels_last)
+    if MODEL == "linear":
+        size = {1: 28, 3: 32}[c]
+        model = nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, 10))
+    else:
+        model = simple_cnn(c, 10).to(memory_format=torch.channels_last)
     return model, torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
 
 
@@ -112,7 +121,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--model", choices=["simple_cnn", "linear"], default="simple_cnn")
     args = p.parse_args()
+    global MODEL
+    MODEL = args.model
     torch.set_num_threads(args.threads)
     split, mean, std = make_data(args.images, args.shape)
     ladder = [
@@ -131,14 +143,16 @@ def main() -> None:
             else:
                 speeds[name].append(bare_epoch(split, mean, std, args.batch, extras))
     print(f"torch {torch.__version__}, {args.threads} threads, {args.shape}-shaped, "
-          f"{args.images} images, batch {args.batch}, {args.rounds} rounds, img/s")  # fmt: skip
+          f"{args.images} images, batch {args.batch}, {args.model}, "
+          f"{args.rounds} rounds, img/s")  # fmt: skip
     best = {name: max(v) for name, v in speeds.items()}
     median = {name: statistics.median(v) for name, v in speeds.items()}
-    print(f"  {'':22s} {'best':>8s}  {'ratio':>6s}   {'median':>8s}  {'ratio':>6s}")
+    print(f"  {'':22s} {'best':>8s}  {'ratio':>6s}   {'median':>8s}  {'ratio':>6s}  ms/step")
     for name in speeds:
         print(
             f"  {name:22s} {best[name]:8.0f}  {best[name] / best['tuned bare loop']:6.3f}x  "
-            f"{median[name]:8.0f}  {median[name] / median['tuned bare loop']:6.3f}x"
+            f"{median[name]:8.0f}  {median[name] / median['tuned bare loop']:6.3f}x  "
+            f"{1000 * args.batch / best[name]:7.2f}"
         )
 
 
