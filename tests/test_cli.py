@@ -166,9 +166,22 @@ def test_an_offline_sweep_stops_once_before_any_job_and_creates_no_store(tmp_pat
         (["optimizer.lr=abc"], "optimizer.lr='abc' has the wrong type"),
         (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
         (["model=resnet19"], "simple_cnn"),
-        (["dataset=cifar10", "dataset.download=false"], "cifar10 is not available under"),
-        (["dataset=mnist", "trainer.device=cuda:7"], "trainer.device=cuda:7"),
-        (["dataset=mnist", "trainer.amp=fp16", "trainer.device=cpu"], "fp16 needs a CUDA"),
+        # the ones that get as far as loading data are slow: in the full run only
+        pytest.param(
+            ["dataset=cifar10", "dataset.download=false"],
+            "cifar10 is not available under",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["dataset=mnist", "trainer.device=cuda:7"],
+            "trainer.device=cuda:7",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            ["dataset=mnist", "trainer.amp=fp16", "trainer.device=cpu"],
+            "fp16 needs a CUDA",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_error_and_nonzero_exit(args, message, tmp_path, data_dir):

@@ -186,6 +186,7 @@ def _pytest_without_data_dir(tmp_path: Path, sitecustomize: str) -> subprocess.C
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_without_data_dir_mnist_is_downloaded_once_into_the_user_cache(tmp_path, data_dir):
     """torchvision's real download code, from a local server holding the official .gz files."""
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(data_dir / "MNIST/raw"))

@@ -104,6 +104,7 @@ def test_1_eight_parallel_jobs_on_a_fresh_store(tmp_path):
     assert client.search_runs(["0"]) == []  # nothing silently in "Default"
 
 
+@pytest.mark.slow
 def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
     args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "trainer.seed=1,2",
             "hydra.job.chdir=true", "tracking.root=store",
@@ -123,6 +124,7 @@ def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
 # --- 3: an exception inside a job of a sweep ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_3_failed_job_is_failed_with_traceback_and_the_sweep_goes_on(tmp_path):
     # alexnet's pooling cannot run on 32x32 images: job 2 crashes inside its first forward pass
     args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "model=torchvision",
@@ -400,6 +402,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int] | None]:
     }
 
 
+@pytest.mark.slow  # in process, rows 32-34 of the bad-input table cover the same in the fast tier
 @pytest.mark.parametrize("damage", ["not_a_database", "truncated", "deleted_experiment"])
 def test_14_a_damaged_store_or_deleted_experiment_stops_the_launch_and_touches_nothing(
     damage, tmp_path
