@@ -40,10 +40,15 @@ def semantic_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if is_semantic(override_key(o))]
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Stable id of what a config computes: the resolved config minus the non-semantic keys."""
+SEED = "trainer.seed"
+
+
+def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
+    """Stable id of what a config computes: the resolved config minus the non-semantic keys
+    (and minus `ignore`: `config_hash(cfg, ignore=(SEED,))` is the same for every seed of a
+    configuration, so a report can average over seeds)."""
     data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in NON_SEMANTIC:
+    for key in (*NON_SEMANTIC, *ignore):
         *parents, leaf = key.split(".")
         node = data
         for p in parents:

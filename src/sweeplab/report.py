@@ -26,7 +26,8 @@ from pathlib import Path
 from sweeplab import tracking
 from sweeplab.errors import SweeplabError
 from sweeplab.metrics import pyplot
-from sweeplab.tracking import ROLE_TAG, member_tag
+from sweeplab.seeds import seed_groups, seed_table, seeds_csv, short
+from sweeplab.tracking import ROLE_TAG, SEEDLESS_TAG, member_tag
 
 log = logging.getLogger("sweeplab")
 
@@ -47,6 +48,7 @@ class Row:
     reproduce: str
     error: str = ""
     swept: dict[str, str] = field(default_factory=dict)
+    seedless: str = ""  # the config hash without trainer.seed: equal across seeds
 
 
 # --- collect ---------------------------------------------------------------------------------
@@ -90,21 +92,13 @@ def _row(run, swept: list[str]) -> Row:
         reproduce=tags.get("sweeplab.reproduce", ""),
         error=tags.get("error", ""),
         swept={k: given.get(k, "") for k in swept},
+        seedless=tags.get(SEEDLESS_TAG, ""),
     )
-
-
-def _short(value: str) -> str:
-    """0.00029380279387035364 -> 0.0002938: Optuna's floats, readable in a table."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return f"{number:.4g}" if (len(value) > 8 and "." in value) or "e" in value else value
 
 
 def label(row: Row) -> str:
     """A configuration's short name for plots: its swept values."""
-    return ", ".join(_short(v) for v in row.swept.values() if v) or row.name
+    return ", ".join(short(v) for v in row.swept.values() if v) or row.name
 
 
 def _num(x: float) -> float:
@@ -120,7 +114,7 @@ def _cells(rows: list[Row], swept: list[str]) -> tuple[list[str], list[list[str]
     for i, r in enumerate(rows, 1):
         acc = [f"{v:.4f}" if not math.isnan(v) else "-" for v in (r.best_val_acc, r.test_acc)]
         duration = f"{r.duration_s:.1f}s" if not math.isnan(r.duration_s) else "-"
-        values = [_short(r.swept[k]) for k in swept]
+        values = [short(r.swept[k]) for k in swept]
         body.append([str(i), *values, *acc, r.status, duration, r.reproduce])
     return head, body
 
@@ -139,6 +133,12 @@ def markdown(rows: list[Row], swept: list[str], title: str) -> str:
     body = [[*line[:-1], f"`{line[-1]}`" if line[-1] else ""] for line in body]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
+    groups = seed_groups(rows)
+    if groups:
+        head, body = seed_table(groups)
+        lines += ["", "## Across seeds", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]  # fmt: skip
+        lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines) + "\n"
 
 
@@ -190,12 +190,17 @@ def write_report(client, rows: list[Row], swept: list[str], title: str, out: Pat
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(markdown(rows, swept, title))
     (out / "report.csv").write_text(csv_text(rows, swept))
-    return [
+    files = [
         out / "report.md",
         out / "report.csv",
         plot_test_acc(rows, out / "test_acc.png"),
         plot_val_curves(client, rows, out / "val_curves.png"),
     ]
+    groups = seed_groups(rows)
+    if groups:  # a configuration ran with several seeds: its mean and spread
+        (out / "report_seeds.csv").write_text(seeds_csv(groups))
+        files.append(out / "report_seeds.csv")
+    return files
 
 
 # --- a sweep's end, and the command ----------------------------------------------------------
@@ -229,6 +234,13 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     for key, value in summary.items():
         client.log_metric(parent.info.run_id, key, value)
     print(f"\n{title}\n{text_table(rows, swept)}\n", flush=True)
+    groups = seed_groups(rows)
+    if groups:
+        head, body = seed_table(groups)
+        widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
+        table = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                 for line in (head, *body)]  # fmt: skip
+        print("across seeds:\n" + "\n".join(table) + "\n", flush=True)
     if best is not None:
         print(f"best: {best.name}  best_val_acc={best.best_val_acc:.4f}  run {best.run_id}")
     return rows

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sweeplab import identity
 from sweeplab.errors import SweeplabError
 from sweeplab.identity import semantic_overrides
 from sweeplab.params import git_state, relativize_paths
@@ -174,6 +175,14 @@ PARENT_ENV = "SWEEPLAB_PARENT_RUN_ID"
 SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
 
 
+# The same for every seed of one configuration: group by it (report, MLflow UI) to average.
+SEEDLESS_TAG = "sweeplab.config_hash_without_seed"
+
+
+def seedless_hash(cfg: DictConfig) -> str:
+    return identity.config_hash(cfg, ignore=(identity.SEED,))
+
+
 def member_tag(sweep_id: str) -> str:
     """Tag put on every run a sweep counts, including runs it skipped because an earlier
     sweep had FINISHED them (a run has one MLflow parent but may belong to several sweeps)."""
@@ -247,6 +256,7 @@ def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool
     tags.update({
         **process_tags(),
         "sweeplab.config_hash": config_hash,
+        SEEDLESS_TAG: seedless_hash(cfg),
         "sweeplab.threads": str(torch.get_num_threads()),
         "sweeplab.device": str(device),
         **sweep_tags(run_is_new),
@@ -258,5 +268,6 @@ def failed_job_tags(cfg: DictConfig, error: BaseException, config_hash: str) -> 
     """(run name, tags) of the FAILED run recorded for a sweep job that failed before its run
     existed, so the sweep's report lists it."""
     name, tags = job_info(cfg)
-    tags.update({**sweep_tags(run_is_new=True), "sweeplab.config_hash": config_hash})
+    tags.update({**sweep_tags(run_is_new=True), "sweeplab.config_hash": config_hash,
+                 SEEDLESS_TAG: seedless_hash(cfg)})  # fmt: skip
     return name, {**tags, **error_tag(error)}

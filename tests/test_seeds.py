@@ -1,0 +1,79 @@
+"""Seed aggregation: one configuration's runs over several seeds, as mean ± std in the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import pytest
+from test_reliability import SLOW
+from test_sweep import parent_and_children, sweep
+
+from sweeplab.identity import SEED, config_hash
+from sweeplab.report import Row, markdown
+from sweeplab.seeds import seed_groups, seeds_csv
+from sweeplab.tracking import SEEDLESS_TAG
+
+
+def row(optimizer: str, seed: int, val: float, test: float, status: str = "FINISHED") -> Row:
+    return Row(
+        run_id=f"{optimizer}{seed}", name=f"optimizer={optimizer},trainer.seed={seed}",
+        status=status, best_val_acc=val, test_acc=test, duration_s=1.0, overrides="",
+        reproduce="", swept={"optimizer": optimizer, SEED: str(seed)},
+        seedless=f"hash-{optimizer}",
+    )  # fmt: skip
+
+
+def test_the_hash_without_seed_is_shared_by_seeds_and_only_by_them(small_cfg):
+    a, b = small_cfg("trainer.seed=1"), small_cfg("trainer.seed=2")
+    c = small_cfg("trainer.seed=1", "optimizer=adam")
+    assert config_hash(a) != config_hash(b)  # each seed is its own run (skip/resume)
+    assert config_hash(a, ignore=(SEED,)) == config_hash(b, ignore=(SEED,))
+    assert config_hash(a, ignore=(SEED,)) != config_hash(c, ignore=(SEED,))
+
+
+def test_groups_average_finished_runs_over_seeds_best_mean_first():
+    rows = [row("sgd", 1, 0.80, 0.78), row("sgd", 2, 0.90, 0.86), row("adam", 1, 0.95, 0.94),
+            row("adam", 2, 0.93, 0.92), row("adam", 3, 0.10, 0.10, status="FAILED")]  # fmt: skip
+    adam, sgd = seed_groups(rows)
+    assert (adam.swept, adam.seeds) == ({"optimizer": "adam"}, 2)  # the FAILED seed is left out
+    assert adam.val_mean == pytest.approx(0.94) and adam.test_mean == pytest.approx(0.93)
+    assert sgd.val_std == pytest.approx(math.sqrt(((0.8 - 0.85) ** 2 + (0.9 - 0.85) ** 2) / 1))
+    text = markdown(rows, ["optimizer", SEED], "t")
+    assert (
+        "## Across seeds" in text and "| 1 | adam | 2 | 0.9400 ± 0.0141 | 0.9300 ± 0.0141 |" in text
+    )
+    table = list(csv.DictReader(io.StringIO(seeds_csv([adam, sgd]))))
+    assert [(r["optimizer"], r["seeds"]) for r in table] == [("adam", "2"), ("sgd", "2")]
+
+
+def test_no_seed_section_when_every_configuration_ran_once():
+    rows = [row("sgd", 1, 0.8, 0.8), row("adam", 1, 0.9, 0.9)]
+    assert seed_groups(rows) == [] and "Across seeds" not in markdown(rows, ["optimizer"], "t")
+
+
+@pytest.mark.slow
+def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path):
+    args = [*SLOW, "trainer.epochs=1", "dataset.num_train=200", "trainer.seed=1,2",
+            "optimizer=sgd,adam"]  # fmt: skip
+    code, out = sweep(args, tmp_path)
+    assert code == 0, out[-3000:]
+    client, parent, children = parent_and_children(tmp_path / "mlruns")
+    assert len(children) == 4
+    by_optimizer: dict[str, set[str]] = {}
+    for run in children:
+        by_optimizer.setdefault(run.data.params["optimizer._target_"], set()).add(
+            run.data.tags[SEEDLESS_TAG]
+        )
+    assert all(len(h) == 1 for h in by_optimizer.values()) and len(by_optimizer) == 2
+    report = Path(client.download_artifacts(parent.info.run_id, "report/report.md")).read_text()
+    lines = report.split("## Across seeds", 1)[1].strip().splitlines()[2:]
+    assert [line.split(" | ")[1:3] for line in lines] == [["adam", "2"], ["sgd", "2"]] or [
+        line.split(" | ")[1:3] for line in lines
+    ] == [["sgd", "2"], ["adam", "2"]]
+    assert all(line.count(" ± ") == 2 for line in lines)
+    path = client.download_artifacts(parent.info.run_id, "report/report_seeds.csv")
+    assert len(list(csv.DictReader(io.StringIO(Path(path).read_text())))) == 2
+    assert "across seeds:" in out
