@@ -119,21 +119,27 @@ def _cells(rows: list[Row], swept: list[str]) -> tuple[list[str], list[list[str]
     return head, body
 
 
-def text_table(rows: list[Row], swept: list[str]) -> str:
-    head, body = _cells(rows, swept)
+def aligned(head: list[str], body: list[list[str]], pad_last: bool = True) -> str:
+    """A plain-text table with padded columns (the last one unpadded when it is long)."""
     widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-    widths[-1] = 0  # the reproduce command ends the line: no padding
+    if not pad_last:
+        widths[-1] = 0
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in (head, *body)]  # fmt: skip
     return "\n".join(lines)
 
 
-def markdown(rows: list[Row], swept: list[str], title: str) -> str:
+def text_table(rows: list[Row], swept: list[str]) -> str:
+    return aligned(*_cells(rows, swept), pad_last=False)  # the reproduce command ends the line
+
+
+def markdown(rows: list[Row], swept: list[str], title: str, groups=None) -> str:
+    """The report as Markdown; `groups` (seeds.seed_groups of `rows`) if already computed."""
     head, body = _cells(rows, swept)
     body = [[*line[:-1], f"`{line[-1]}`" if line[-1] else ""] for line in body]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
-    groups = seed_groups(rows)
+    groups = seed_groups(rows) if groups is None else groups
     if groups:
         head, body = seed_table(groups)
         lines += ["", "## Across seeds", "", "| " + " | ".join(head) + " |",
@@ -186,9 +192,11 @@ def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
     return path
 
 
-def write_report(client, rows: list[Row], swept: list[str], title: str, out: Path) -> list[Path]:
+def write_report(
+    client, rows: list[Row], swept: list[str], title: str, out: Path, groups: list
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown(rows, swept, title))
+    (out / "report.md").write_text(markdown(rows, swept, title, groups))
     (out / "report.csv").write_text(csv_text(rows, swept))
     files = [
         out / "report.md",
@@ -196,7 +204,6 @@ def write_report(client, rows: list[Row], swept: list[str], title: str, out: Pat
         plot_test_acc(rows, out / "test_acc.png"),
         plot_val_curves(client, rows, out / "val_curves.png"),
     ]
-    groups = seed_groups(rows)
     if groups:  # a configuration ran with several seeds: its mean and spread
         (out / "report_seeds.csv").write_text(seeds_csv(groups))
         files.append(out / "report_seeds.csv")
@@ -221,9 +228,10 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     sid, experiment_id = tags["sweeplab.sweep_id"], parent.info.experiment_id
     swept = [k for k in tags.get("sweeplab.swept", "").split(",") if k]
     rows = sweep_rows(client, experiment_id, sid, swept)
+    groups = seed_groups(rows)  # empty unless a configuration ran with several seeds
     title = f"Sweep {sid}: {tags.get('sweeplab.command', '')}"
     with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as tmp:
-        files = write_report(client, rows, swept, title, out or Path(tmp))
+        files = write_report(client, rows, swept, title, out or Path(tmp), groups)
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), "report")
     best = next((r for r in rows if not math.isnan(r.best_val_acc)), None)
@@ -234,13 +242,8 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     for key, value in summary.items():
         client.log_metric(parent.info.run_id, key, value)
     print(f"\n{title}\n{text_table(rows, swept)}\n", flush=True)
-    groups = seed_groups(rows)
     if groups:
-        head, body = seed_table(groups)
-        widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
-        table = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                 for line in (head, *body)]  # fmt: skip
-        print("across seeds:\n" + "\n".join(table) + "\n", flush=True)
+        print(f"across seeds:\n{aligned(*seed_table(groups))}\n", flush=True)
     if best is not None:
         print(f"best: {best.name}  best_val_acc={best.best_val_acc:.4f}  run {best.run_id}")
     return rows

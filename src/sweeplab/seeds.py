@@ -28,9 +28,9 @@ class SeedGroup:
 
 
 def seed_groups(rows: list) -> list[SeedGroup]:
-    # rows: report.Row (status, seedless, best_val_acc, test_acc, swept)
-    """Rows of one configuration (same config hash without the seed) averaged over their
-    seeds, best mean first; empty unless some configuration ran with more than one seed."""
+    """Rows (report.Row) of one configuration (same config hash without the seed) averaged
+    over their seeds, best mean first; empty unless some configuration ran with more than
+    one seed."""
     groups: dict[str, list] = {}
     for r in rows:
         if r.status == "FINISHED" and r.seedless:

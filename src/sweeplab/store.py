@@ -45,10 +45,10 @@ def check_store(uri: str, root: str) -> None:
     """Fail fast: a local store must be writable, a server must answer."""
     if is_local(uri):
         ensure_writable(root, "tracking.root")
-        db = resolve_uri(uri)
-        if db.startswith("sqlite:///"):
-            ensure_writable(Path(db[len("sqlite:///") :]).parent, "tracking.uri")
-            check_sqlite_file(Path(db[len("sqlite:///") :]))
+        db = sqlite_file(uri)
+        if db is not None:
+            ensure_writable(db.parent, "tracking.uri")
+            check_sqlite_file(db)
         return
     import requests
 
@@ -59,6 +59,12 @@ def check_store(uri: str, root: str) -> None:
             f"tracking server {redact_uri(uri)} is unreachable ({type(e).__name__}); start it, "
             "or point tracking.uri at a reachable server or a local sqlite:/// store"
         ) from None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store (absolute, from the launch dir), else None."""
+    db = resolve_uri(uri)
+    return Path(db[len("sqlite:///") :]) if db.startswith("sqlite:///") else None
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -111,9 +117,9 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
     local = is_local(uri)
     root_path = Path(abspath(root))
     with store_lock(root_path) if local else contextlib.nullcontext():
-        db = resolve_uri(uri)
-        if db.startswith("sqlite:///"):  # sqlite makes the file, not its folder
-            Path(db[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_file(uri)
+        if db is not None:  # sqlite makes the file, not its folder
+            db.parent.mkdir(parents=True, exist_ok=True)
         client = tracking.client(uri)
         try:
             found = client.get_experiment_by_name(experiment)
@@ -153,9 +159,6 @@ KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def _safe_dirname(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name) or "experiment"
-
-
-# --- one run ---------------------------------------------------------------------------------
 
 
 # --- runs left RUNNING by a dead process ------------------------------------------------------

@@ -179,8 +179,10 @@ SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
 SEEDLESS_TAG = "sweeplab.config_hash_without_seed"
 
 
-def seedless_hash(cfg: DictConfig) -> str:
-    return identity.config_hash(cfg, ignore=(identity.SEED,))
+def identity_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
+    """Which configuration a run is: exactly (skip / resume) and up to its seed (averaging)."""
+    seedless = identity.config_hash(cfg, ignore=(identity.SEED,))
+    return {"sweeplab.config_hash": config_hash, SEEDLESS_TAG: seedless}
 
 
 def member_tag(sweep_id: str) -> str:
@@ -255,8 +257,7 @@ def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool
     name, tags = job_info(cfg)
     tags.update({
         **process_tags(),
-        "sweeplab.config_hash": config_hash,
-        SEEDLESS_TAG: seedless_hash(cfg),
+        **identity_tags(cfg, config_hash),
         "sweeplab.threads": str(torch.get_num_threads()),
         "sweeplab.device": str(device),
         **sweep_tags(run_is_new),
@@ -268,6 +269,5 @@ def failed_job_tags(cfg: DictConfig, error: BaseException, config_hash: str) -> 
     """(run name, tags) of the FAILED run recorded for a sweep job that failed before its run
     existed, so the sweep's report lists it."""
     name, tags = job_info(cfg)
-    tags.update({**sweep_tags(run_is_new=True), "sweeplab.config_hash": config_hash,
-                 SEEDLESS_TAG: seedless_hash(cfg)})  # fmt: skip
+    tags.update({**sweep_tags(run_is_new=True), **identity_tags(cfg, config_hash)})
     return name, {**tags, **error_tag(error)}
