@@ -9,10 +9,11 @@ from omegaconf import DictConfig
 
 import sweeplab
 from sweeplab.errors import SweeplabError
+from sweeplab.search import optimized_values
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | list[float]:
     try:
         metrics = sweeplab.train(cfg)
     except SweeplabError as e:
@@ -20,8 +21,8 @@ def main(cfg: DictConfig) -> float:
             raise  # this job fails, the sweep goes on; the summary lists it at the end
         print(f"error: {e}", file=sys.stderr)  # bad input: one clear line, not a traceback
         sys.exit(2)
-    # The value returned is what a sweeper (e.g. Optuna) optimises.
-    return metrics[cfg.optimized_metric]
+    # The value returned is what a sweeper (e.g. Optuna) optimises: one metric, or a list.
+    return optimized_values(metrics, cfg.optimized_metric)
 
 
 if __name__ == "__main__":

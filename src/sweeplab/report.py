@@ -27,7 +27,7 @@ from sweeplab import tracking
 from sweeplab.errors import SweeplabError
 from sweeplab.metrics import pyplot
 from sweeplab.seeds import seed_groups, seed_table, seeds_csv, short
-from sweeplab.tracking import ROLE_TAG, SEEDLESS_TAG, member_tag
+from sweeplab.tracking import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
 
 log = logging.getLogger("sweeplab")
 
@@ -49,6 +49,19 @@ class Row:
     error: str = ""
     swept: dict[str, str] = field(default_factory=dict)
     seedless: str = ""  # the config hash without trainer.seed: equal across seeds
+    trial: str = ""  # an Optuna search's trial number
+    pruned_epoch: str = ""  # set when the search pruned this trial (its run ends KILLED)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        """The status shown: a pruned run says so (and where), not just KILLED."""
+        return f"PRUNED@{self.pruned_epoch}" if self.pruned_epoch else self.status
+
+    @property
+    def ok(self) -> bool:
+        """Ended as intended: trained to the end, or stopped by the search's pruner."""
+        return self.status == "FINISHED" or bool(self.pruned_epoch)
 
 
 # --- collect ---------------------------------------------------------------------------------
@@ -93,6 +106,9 @@ def _row(run, swept: list[str]) -> Row:
         error=tags.get("error", ""),
         swept={k: given.get(k, "") for k in swept},
         seedless=tags.get(SEEDLESS_TAG, ""),
+        trial=tags.get(TRIAL_TAG, ""),
+        pruned_epoch=tags.get(PRUNED_TAG, ""),
+        metrics=dict(metrics),
     )
 
 
@@ -115,7 +131,7 @@ def _cells(rows: list[Row], swept: list[str]) -> tuple[list[str], list[list[str]
         acc = [f"{v:.4f}" if not math.isnan(v) else "-" for v in (r.best_val_acc, r.test_acc)]
         duration = f"{r.duration_s:.1f}s" if not math.isnan(r.duration_s) else "-"
         values = [short(r.swept[k]) for k in swept]
-        body.append([str(i), *values, *acc, r.status, duration, r.reproduce])
+        body.append([str(i), *values, *acc, r.state, duration, r.reproduce])
     return head, body
 
 
@@ -133,8 +149,9 @@ def text_table(rows: list[Row], swept: list[str]) -> str:
     return aligned(*_cells(rows, swept), pad_last=False)  # the reproduce command ends the line
 
 
-def markdown(rows: list[Row], swept: list[str], title: str, groups=None) -> str:
-    """The report as Markdown; `groups` (seeds.seed_groups of `rows`) if already computed."""
+def markdown(rows: list[Row], swept: list[str], title: str, groups=None, front=None) -> str:
+    """The report as Markdown; `groups` (seeds.seed_groups of `rows`) if already computed,
+    `front` (pareto_table) for a multi-objective search."""
     head, body = _cells(rows, swept)
     body = [[*line[:-1], f"`{line[-1]}`" if line[-1] else ""] for line in body]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -143,6 +160,11 @@ def markdown(rows: list[Row], swept: list[str], title: str, groups=None) -> str:
     if groups:
         head, body = seed_table(groups)
         lines += ["", "## Across seeds", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]  # fmt: skip
+        lines += ["| " + " | ".join(line) + " |" for line in body]
+    if front is not None:
+        head, body = front
+        lines += ["", "## Pareto front", "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]  # fmt: skip
         lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines) + "\n"
@@ -154,7 +176,7 @@ def csv_text(rows: list[Row], swept: list[str]) -> str:
     writer.writerow(["rank", *swept, "best_val_acc", "test_acc", "status", "duration_s",
                      "run_id", "run_name", "reproduce"])  # fmt: skip
     for i, r in enumerate(rows, 1):
-        writer.writerow([i, *(r.swept[k] for k in swept), r.best_val_acc, r.test_acc, r.status,
+        writer.writerow([i, *(r.swept[k] for k in swept), r.best_val_acc, r.test_acc, r.state,
                          round(r.duration_s, 2), r.run_id, r.name, r.reproduce])  # fmt: skip
     return out.getvalue()
 
@@ -180,7 +202,7 @@ def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
     for r in rows:
         history = sorted((m.step, m.value) for m in client.get_metric_history(r.run_id, "val_acc"))
         if history:
-            ax.plot(*zip(*history, strict=True), marker="o", label=f"{label(r)[:60]} ({r.status})")
+            ax.plot(*zip(*history, strict=True), marker="o", label=f"{label(r)[:60]} ({r.state})")
     ax.set(xlabel="epoch", ylabel="val accuracy", title="validation accuracy per configuration")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -193,10 +215,10 @@ def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
 
 
 def write_report(
-    client, rows: list[Row], swept: list[str], title: str, out: Path, groups: list
+    client, rows: list[Row], swept: list[str], title: str, out: Path, groups: list, front=None
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown(rows, swept, title, groups))
+    (out / "report.md").write_text(markdown(rows, swept, title, groups, front))
     (out / "report.csv").write_text(csv_text(rows, swept))
     files = [
         out / "report.md",
@@ -214,12 +236,25 @@ def write_report(
 
 
 def sweep_status(rows: list[Row]) -> str:
-    statuses = {r.status for r in rows}
-    if "FAILED" in statuses:
+    if any(r.status == "FAILED" for r in rows):
         return "FAILED"
-    if statuses - {"FINISHED"} or not rows:
+    if not rows or not all(r.ok for r in rows):
         return "KILLED"  # interrupted (KILLED / still RUNNING) or nothing ran
     return "FINISHED"
+
+
+def pareto_table(rows: list[Row], tags: dict) -> tuple[list[str], list[list[str]]] | None:
+    """A multi-objective search's Pareto front (trials from the parent run's tag), with the
+    value of each objective; None for a single-objective sweep."""
+    front = tags.get("sweeplab.pareto_trials")
+    if front is None:
+        return None
+    trials = front.split(",")
+    objectives = [k for k in tags.get("sweeplab.objectives", "").split(",") if k]
+    head = ["trial", "configuration", *objectives]
+    body = [[r.trial, label(r), *(f"{r.metrics.get(k, math.nan):.4g}" for k in objectives)]
+            for r in rows if r.trial in trials]  # fmt: skip
+    return head, body
 
 
 def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
@@ -229,13 +264,15 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     swept = [k for k in tags.get("sweeplab.swept", "").split(",") if k]
     rows = sweep_rows(client, experiment_id, sid, swept)
     groups = seed_groups(rows)  # empty unless a configuration ran with several seeds
+    front = pareto_table(rows, tags)  # None unless a multi-objective search
     title = f"Sweep {sid}: {tags.get('sweeplab.command', '')}"
     with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as tmp:
-        files = write_report(client, rows, swept, title, out or Path(tmp), groups)
+        files = write_report(client, rows, swept, title, out or Path(tmp), groups, front)
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), "report")
     best = next((r for r in rows if not math.isnan(r.best_val_acc)), None)
-    summary = {"jobs": len(rows), "jobs_failed": sum(r.status != "FINISHED" for r in rows)}
+    summary = {"jobs": len(rows), "jobs_failed": sum(not r.ok for r in rows),
+               "jobs_pruned": sum(bool(r.pruned_epoch) for r in rows)}  # fmt: skip
     if best is not None:
         summary["best_val_acc"] = best.best_val_acc
         client.set_tag(parent.info.run_id, "sweeplab.best_run_id", best.run_id)
@@ -244,6 +281,8 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     print(f"\n{title}\n{text_table(rows, swept)}\n", flush=True)
     if groups:
         print(f"across seeds:\n{aligned(*seed_table(groups))}\n", flush=True)
+    if front is not None:
+        print(f"Pareto front:\n{aligned(*front)}\n", flush=True)
     if best is not None:
         print(f"best: {best.name}  best_val_acc={best.best_val_acc:.4f}  run {best.run_id}")
     return rows

@@ -39,7 +39,9 @@ from sweeplab.optim import build_optimizer
 from sweeplab.params import flatten_config, write_config_files
 from sweeplab.resume import load_resume_state, sigterm_exits
 from sweeplab.schema import ConfigError, in_multirun, launch_dir, option, validate
+from sweeplab.search import TrialReporter
 from sweeplab.sweep import Plan, job_placement, plan_for
+from sweeplab.tracking import PRUNED_TAG
 
 log = logging.getLogger("sweeplab")
 
@@ -79,10 +81,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         resumed = load_resume_state(resume_from, cfg.tracking.uri, output_dir, chash)
     parts = build_parts(cfg, where)
     state = FitState.start(parts, resumed)
+    trial = TrialReporter.for_job(cfg)  # an Optuna search's job: report epochs, maybe prune
     with sigterm_exits(), open_run(cfg, where, plan, chash, parts, resumed) as run:
         try:
-            fit(cfg, where, parts, state, run, chash)
-            final = score_test_set(cfg, where, parts, state, run)
+            fit(cfg, where, parts, state, run, chash, trial)
+            if trial.pruned_epoch is None:
+                final = score_test_set(cfg, where, parts, state, run)
+            else:
+                final = end_pruned(state, run, trial.pruned_epoch)
         finally:  # whatever happened, keep the curves of what was learned
             if state.history and where.ranks.is_main:
                 curves = plot_curves(state.history, output_dir / "plots" / "curves.png")
@@ -242,10 +248,13 @@ def open_run(cfg: DictConfig, where: Where, plan: Plan, chash: str, parts: Parts
 # --- fit: the epochs ----------------------------------------------------------------------------
 
 
-def fit(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run, chash: str) -> None:
+def fit(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run, chash: str,
+        trial: TrialReporter) -> None:  # fmt: skip
     """Train epoch after epoch; keep the best checkpoint by validation accuracy, a last.pt to
-    resume from after each epoch, and stop early when validation stops improving."""
+    resume from after each epoch, and stop early when validation stops improving (or when an
+    Optuna search's pruner says this trial will not win)."""
     tc, ranks, output_dir = cfg.trainer, where.ranks, Path(cfg.output_dir)
+    trial.replay(state.history)
     for epoch in range(state.start_epoch, tc.epochs + 1):
         progress = Progress(parts.steps_per_epoch, f"epoch {epoch}/{tc.epochs}")
         batches = parts.data.train.batches(
@@ -287,6 +296,23 @@ def fit(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run, chash
         if tc.early_stopping and epoch - state.best_epoch >= tc.early_stopping:
             log.info("early stop: no val_acc gain for %d epochs", tc.early_stopping)
             break
+        if trial.should_stop(row, state.best_acc):
+            break
+
+
+def end_pruned(state: FitState, run, epoch: int) -> dict:
+    """A pruned trial: no test score (it is not a candidate); the run keeps its best.pt and
+    ends KILLED with the pruned epoch as a tag, neither a crash (FAILED) nor a result."""
+    final = {"best_val_acc": state.best_acc, "best_epoch": state.best_epoch,
+             "train_time_s": _train_time(state), PRUNED_TAG: epoch}  # fmt: skip
+    run.log_metrics({k: v for k, v in final.items() if k != PRUNED_TAG}, step=state.best_epoch)
+    run.set_tags({PRUNED_TAG: str(epoch)})
+    run.end_status = "KILLED"
+    return final
+
+
+def _train_time(state: FitState) -> float:
+    return float(sum(row.get("epoch_time_s", 0.0) for row in state.history))
 
 
 def keep_best(cfg, where: Where, parts: Parts, state: FitState, run, epoch: int, val_acc):
@@ -312,6 +338,7 @@ def score_test_set(cfg: DictConfig, where: Where, parts: Parts, state: FitState,
     final = {
         "best_val_acc": state.best_acc,
         "best_epoch": state.best_epoch,
+        "train_time_s": _train_time(state),
         "test_loss": test_loss,
         "test_acc": test_acc,
         **per_class_metrics(confusion, parts.data.classes),

@@ -70,12 +70,15 @@ class TrackingConfig:
     experiment: str = MISSING
     run_name: str | None = None
     source_run_id: str | None = None
+    study_storage: str | None = None  # Optuna storage URL; null: sqlite beside a local store
 
 
 @dataclass
 class SweepConfig:
     rerun_finished: bool = False
     dry_run: bool = False
+    study: str | None = None  # set by the Optuna sweeper on each job: its study and trial
+    trial: int | None = None
 
 
 @dataclass
@@ -89,7 +92,7 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = MISSING
-    optimized_metric: str = "best_val_acc"
+    optimized_metric: Any = "best_val_acc"  # a metric name, or a list (multi-objective)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -30,6 +30,7 @@ from sweeplab.redact import redact_override, redacted_overrides, typed_overrides
 from sweeplab.schema import abspath, in_multirun
 from sweeplab.tracking import (
     PARENT_ENV,
+    PRUNED_TAG,
     ROLE_TAG,
     SWEEP_ID_ENV,
     SWEPT_KEYS_ENV,
@@ -91,6 +92,8 @@ def plan_job(uri: str, experiment_id: str, config_hash: str, rerun_finished: boo
     if finished and not rerun_finished:
         return Plan("skip", finished[0].info.run_id, dict(finished[0].data.metrics))
     for run in runs:
+        if run.data.tags.get(PRUNED_TAG):  # pruned by a search: ended on purpose, not resumed
+            continue
         if run.info.status in ("KILLED", "FAILED") and _has_last_checkpoint(client, run):
             return Plan("resume", run.info.run_id)
     return Plan("run")
@@ -114,8 +117,11 @@ class Placement:
     parallel: int  # jobs of this sweep sharing this machine
 
 
-def concurrent_jobs(launcher: dict, cores: int) -> int:
-    """How many jobs of the sweep run at once on this machine, from the launcher's config."""
+def concurrent_jobs(launcher: dict, cores: int, sweeper: dict | None = None) -> int:
+    """How many jobs of the sweep run at once on this machine, from the launcher's config (and
+    the Optuna sweeper's n_jobs, which keeps that many trials in flight)."""
+    if sweeper and "sweeplab_optuna" in str(sweeper.get("_target_", "")):
+        return min(int(sweeper.get("n_jobs") or 1), concurrent_jobs(launcher, cores))
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
         n = int(launcher.get("n_jobs") or -1)
@@ -125,12 +131,13 @@ def concurrent_jobs(launcher: dict, cores: int) -> int:
     return 1  # basic launcher (one job at a time) or a cluster job with its own allocation
 
 
-def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.environ) -> Placement:
+def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.environ,
+              sweeper: dict | None = None) -> Placement:  # fmt: skip
     """Split this machine between the jobs that share it: cores // k threads each (so k jobs
     do not fight over cores), and job i on GPU i mod n_gpus (k jobs per GPU allowed)."""
     if env.get("SLURM_CPUS_PER_TASK"):  # a SLURM allocation: use what it granted, no more
         return Placement(int(env["SLURM_CPUS_PER_TASK"]), None, 1)
-    k = concurrent_jobs(launcher, cores)
+    k = concurrent_jobs(launcher, cores, sweeper)
     if k == 1:
         return Placement(None, None, 1)
     gpu = job_num % n_gpus if n_gpus > 1 else None
@@ -147,7 +154,8 @@ def job_placement() -> Placement:
     hc = HydraConfig.get()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return placement(dict(hc.launcher), int(hc.job.num), cores or 1, n_gpus)
+    return placement(dict(hc.launcher), int(hc.job.num), cores or 1, n_gpus,
+                     sweeper=dict(hc.sweeper))  # fmt: skip
 
 
 # --- the parent run of a sweep ------------------------------------------------------------
@@ -240,7 +248,7 @@ class PrepareStoreCallback(Callback):
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
             return
-        failed = [(r.overrides, r.status, r.error) for r in rows if r.status != "FINISHED"]
+        failed = [(r.overrides, r.status, r.error) for r in rows if not r.ok]
         if failed:
             lines = [f"sweep summary: {len(failed)} of {len(rows)} jobs failed"]
             lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]

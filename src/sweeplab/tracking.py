@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from sweeplab import identity
 from sweeplab.errors import SweeplabError
-from sweeplab.identity import semantic_overrides
+from sweeplab.identity import override_key, semantic_overrides
 from sweeplab.params import git_state, relativize_paths
 from sweeplab.redact import env_sourced_keys, redact_flat, redacted_overrides
 from sweeplab.schema import abspath, in_multirun, launch_dir
@@ -72,6 +72,7 @@ class Run:
         # set_terminated: its logger thread is joined while it polls a queue every second.)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-metrics")
         self.pending: list = []
+        self.end_status = "FINISHED"  # how a run that returns normally ends (KILLED: pruned)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -163,7 +164,7 @@ def tracked_run(
         log.error("run %s ended %s: %s: %s", run.run_id, status, type(e).__name__, e)
         raise
     run.close()
-    store.set_terminated(run.run_id, status="FINISHED")
+    store.set_terminated(run.run_id, status=run.end_status)
 
 
 # --- tags: what a run says about itself ---------------------------------------------------------
@@ -177,6 +178,11 @@ SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
 
 # The same for every seed of one configuration: group by it (report, MLflow UI) to average.
 SEEDLESS_TAG = "sweeplab.config_hash_without_seed"
+# An Optuna search's job: its trial number, and the epoch a pruned one stopped at (run KILLED).
+TRIAL_TAG = "sweeplab.trial"
+PRUNED_TAG = "sweeplab.pruned_epoch"
+# Overrides the sweeper adds to a trial's job; a re-run of the job must not report to the trial.
+TRIAL_KEYS = ("sweep.study", "sweep.trial")
 
 
 def identity_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
@@ -227,8 +233,11 @@ def job_info(cfg: DictConfig) -> tuple[str, dict[str, str]]:
             tags["hydra.job_num"] = str(hc.job.num)
     if cfg.tracking.source_run_id:
         tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
+    if cfg.sweep.get("trial") is not None:
+        tags.update({TRIAL_TAG: str(cfg.sweep.trial), "optuna.study": str(cfg.sweep.study)})
     tags["sweeplab.overrides"] = " ".join(overrides)
-    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, overrides)])
+    again = [o for o in overrides if override_key(o) not in TRIAL_KEYS]
+    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, again)])
     if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
         tags["sweeplab.reproduce_config"] = (
             f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "

@@ -1,0 +1,308 @@
+"""The search loop: ask Optuna for a trial, launch it as one Hydra job, tell Optuna how it ended.
+
+Steady state: up to `n_jobs` trials are in flight, and a new one is asked for as soon as any
+of them ends (the official plugin waits for a whole batch). Each trial is launched as its own
+one-job batch from a worker thread, so any launcher that runs jobs out of this process (joblib,
+submitit) keeps `n_jobs` busy. Hydra's basic launcher runs a job inside this process (it changes
+the working directory and Hydra's global state), so with it trials run one at a time.
+
+The study lives in storage (sweeplab.search.storage_url) under the sweep id: launching the same
+command again continues toward `n_trials`, and a trial left RUNNING by a launch that died is
+marked FAIL and its parameters queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+OWNER = "sweeplab.owner"  # host:pid of the launch that asked for a trial
+REQUEUED = "sweeplab.requeued_from"
+
+
+def distribution(override: Override) -> Any:
+    """An Optuna distribution for a sweep override (the official plugin's syntax), or the
+    plain value of a fixed one. `range` follows Hydra (stop excluded)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator())
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            return IntDistribution(values[0], values[-1], step=int(value.step))
+        return FloatDistribution(values[0], values[-1], step=value.step)
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(value.start, value.end, log=log_scale)
+    raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict]:
+    """({key: distribution}, {key: fixed value}) from hydra.sweeper.params and the command line."""
+    from optuna.distributions import BaseDistribution
+
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    space, fixed = {}, {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        value = distribution(override)
+        target = space if isinstance(value, BaseDistribution) else fixed
+        key = override.get_key_element()
+        space.pop(key, None), fixed.pop(key, None)  # the command line wins over params
+        target[key] = value
+    return space, fixed
+
+
+class SweeplabOptunaSweeper(Sweeper):
+    def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs,
+                 max_failure_rate, params) -> None:  # fmt: skip
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        listed = OmegaConf.is_list(direction) or isinstance(direction, (list, tuple))
+        self.directions = [str(d) for d in (direction if listed else [direction])]
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
+        self.max_failure_rate, self.params = float(max_failure_rate), params
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:  # fmt: skip
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    # --- the study -----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        from sweeplab.search import SearchError
+
+        bad = [d for d in self.directions if d not in ("maximize", "minimize")]
+        metrics = self.config.get("optimized_metric")
+        metrics = list(metrics) if OmegaConf.is_list(metrics) else [metrics]
+        if bad or len(metrics) != len(self.directions):
+            raise SearchError(
+                f"hydra.sweeper.direction={self.directions}: give maximize or minimize, one per "
+                f"entry of optimized_metric={metrics}"
+            )
+        if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1:
+            raise SearchError("hydra.sweeper: n_trials and n_jobs >= 1, max_failure_rate in [0, 1]")
+        if self.study_name and not re.fullmatch(r"[\w.-]+", str(self.study_name)):
+            raise SearchError(f"hydra.sweeper.study_name={self.study_name!r}: letters, digits, _.-")
+
+    def open_study(self):
+        import optuna
+
+        from sweeplab.identity import sweep_id
+        from sweeplab.search import instantiate_pruner, open_storage, storage_url
+        from sweeplab.tracking import SWEEP_ID_ENV
+
+        self.url = storage_url(self.storage, self.config.tracking)
+        name = self.study_name or os.environ.get(SWEEP_ID_ENV) or sweep_id(self.config)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens
+        study = optuna.create_study(
+            study_name=str(name), storage=open_storage(self.url), load_if_exists=True,
+            directions=self.directions, pruner=instantiate_pruner(self.pruner_cfg),
+        )  # fmt: skip
+        if [d.name.lower() for d in study.directions] != self.directions:
+            from sweeplab.search import SearchError
+
+            raise SearchError(
+                f"study {name} exists with directions {study.directions}, not "
+                f"{self.directions}: set hydra.sweeper.study_name to start another"
+            )
+        return study
+
+    def requeue_interrupted(self, study) -> int:
+        """Trials left RUNNING by a launch on this host whose process is gone: FAIL, and their
+        parameters queued again (a trial's job may be resumed from its last.pt)."""
+        from optuna.trial import TrialState
+
+        from sweeplab.store import _alive
+
+        n = 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            host, _, pid = str(t.user_attrs.get(OWNER, "")).rpartition(":")
+            if host != socket.gethostname() or _alive(pid):
+                continue  # another live launch's trial (or another machine's): leave it
+            study._storage.set_trial_user_attr(t._trial_id, "sweeplab.interrupted", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={REQUEUED: t.number})
+            log.warning("trial %d was left RUNNING by a dead launch: FAIL, parameters "
+                        "queued again", t.number)  # fmt: skip
+            n += 1
+        return n
+
+    def sampler_for(self, study):
+        """The configured sampler, seeded with trainer.seed + trials so far: a continued study
+        does not replay the random start-up trials it already ran."""
+        from hydra.utils import instantiate
+
+        cfg = OmegaConf.to_container(self.sampler_cfg, resolve=True)
+        if "seed" in cfg:
+            base = cfg["seed"] if cfg["seed"] is not None else self.config.trainer.get("seed")
+            cfg["seed"] = None if base is None else int(base) + len(study.trials)
+        return instantiate(cfg)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def slots(self) -> int:
+        """Trials in flight at once: n_jobs, capped by what the launcher can run in parallel."""
+        from sweeplab.sweep import concurrent_jobs
+
+        launcher = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
+        target = str(launcher.get("_target_", ""))
+        if target.endswith("BasicLauncher"):
+            if self.n_jobs > 1:
+                log.warning("hydra.sweeper.n_jobs=%d: the basic launcher runs one job at a time "
+                            "in this process; use hydra/launcher=joblib or submitit_local to run "
+                            "trials in parallel", self.n_jobs)  # fmt: skip
+            return 1
+        if "joblib" in target:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            return min(self.n_jobs, concurrent_jobs(launcher, cores))
+        return self.n_jobs
+
+    def sweep(self, arguments: list[str]) -> None:
+        from optuna.trial import TrialState
+
+        from sweeplab.search import SearchError
+
+        self._check()
+        space, fixed = search_space(self.params, arguments)
+        study = self.open_study()
+        requeued = self.requeue_interrupted(study)
+        study.sampler = self.sampler_for(study)
+        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        done = len(study.get_trials(deepcopy=False, states=ended))
+        slots = self.slots()
+        log.info("study %s (%s): %d of %d trials done%s, %d in flight at a time",
+                 study.study_name, _safe(self.url), done, self.n_trials,
+                 f", {requeued} queued again" if requeued else "", slots)  # fmt: skip
+        started, in_flight = 0, {}
+        pool = ThreadPoolExecutor(slots, thread_name_prefix="trial") if slots > 1 else None
+        try:
+            while in_flight or done + started < self.n_trials:
+                while len(in_flight) < slots and done + started < self.n_trials:
+                    trial = study.ask(space)
+                    trial.set_user_attr(OWNER, f"{socket.gethostname()}:{os.getpid()}")
+                    overrides = self.overrides(study, trial, fixed)
+                    shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
+                    log.info("trial %d started: %s", trial.number, shown)
+                    if pool is None:  # basic launcher: the job runs here, in this thread
+                        future = Future()
+                        future.set_result(self._launch(trial, overrides))
+                    else:
+                        future = pool.submit(self._launch, trial, overrides)
+                    in_flight[future] = trial
+                    started += 1
+                finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self.tell(study, in_flight.pop(future), future)
+                failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                          if not t.user_attrs.get("sweeplab.interrupted")]  # fmt: skip
+                if len(failed) > self.max_failure_rate * self.n_trials:
+                    wait(list(in_flight))  # let the running ones end and be told
+                    for future, trial in list(in_flight.items()):
+                        self.tell(study, trial, future)
+                    raise SearchError(
+                        f"search stopped: {len(failed)} of {self.n_trials} trials failed "
+                        f"(max_failure_rate={self.max_failure_rate}); last: "
+                        f"{failed[-1].user_attrs.get('sweeplab.error', '?')}"
+                    )
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            self.finish(study)
+
+    def overrides(self, study, trial, fixed: dict) -> list[str]:
+        params = {**trial.params, **fixed}
+        lines = [f"{k}={v}" for k, v in params.items()]
+        return [*lines, f"sweep.study={study.study_name}", f"sweep.trial={trial.number}"]
+
+    def _launch(self, trial, overrides: list[str]):
+        # The job's folder is its trial number: unique across launches of the same study.
+        return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+
+    def tell(self, study, trial, future) -> None:
+        """COMPLETE with the job's value(s); PRUNED if the job was pruned; FAIL if it raised or
+        returned NaN (the search goes on)."""
+        from optuna.trial import TrialState
+
+        from sweeplab.tracking import PRUNED_TAG
+
+        state, values, why = TrialState.COMPLETE, None, ""
+        try:
+            value = future.result().return_value  # raises the job's own exception
+            if PRUNED_TAG in study._storage.get_trial(trial._trial_id).user_attrs:
+                state = TrialState.PRUNED  # Optuna keeps the last reported value
+            else:
+                values = self.values(value)
+        except Exception as e:
+            state, values, why = TrialState.FAIL, None, f"{type(e).__name__}: {e}"[:500]
+            study._storage.set_trial_user_attr(trial._trial_id, "sweeplab.error", why)
+        study.tell(trial, values=values, state=state)
+        seconds = time.time() - trial.datetime_start.timestamp()
+        shown = f"{values[0] if len(values) == 1 else values}" if values else why or "pruned"
+        log.info("trial %d %s after %.1fs: %s", trial.number, state.name, seconds, shown)
+
+    def values(self, value) -> list[float]:
+        values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        if len(values) != len(self.directions):
+            raise ValueError(f"{len(values)} values for {len(self.directions)} directions")
+        if any(math.isnan(v) for v in values):
+            raise ValueError(f"the job returned NaN for {self.config.optimized_metric}")
+        return values
+
+    def finish(self, study) -> None:
+        from sweeplab import tracking
+        from sweeplab.search import log_results
+
+        parent = os.environ.get(tracking.PARENT_ENV)
+        run = (
+            tracking.Run(tracking.client(self.config.tracking.uri), parent)
+            if parent
+            else (tracking.NullRun())
+        )
+        try:
+            metrics = self.config.optimized_metric
+            objectives = list(metrics) if OmegaConf.is_list(metrics) else [str(metrics)]
+            results = log_results(study, run, self.url, self.config.hydra.sweep.dir, objectives)
+        except Exception as e:  # the trials are in the study and MLflow whatever happens here
+            log.error("search results not logged: %s: %s", type(e).__name__, e)
+            return
+        finally:
+            run.flush(), run.close()
+        if "best_value" in results:
+            metric = self.config.optimized_metric
+            log.info("best trial %d: %s = %s, %s", results["best_trial"], metric,
+                     results["best_value"], results["best_params"])  # fmt: skip
+        elif "solutions" in results:
+            log.info("Pareto front: trials %s", [s["trial"] for s in results["solutions"]])
+
+
+def _safe(url: str) -> str:
+    from sweeplab.search import _safe
+
+    return _safe(url)

@@ -1,0 +1,215 @@
+"""Optuna search, the parts both sides of a trial share: where the study lives, the job's side of
+a trial (report each epoch, stop when the pruner says so) and the search's results on the
+sweep's parent run. The sweeper itself (ask / tell, `n_jobs` trials in flight, resume) is the
+Hydra plugin in `hydra_plugins/sweeplab_optuna_sweeper`.
+
+A job learns its trial from two overrides the sweeper adds, `sweep.study=<name>` and
+`sweep.trial=<number>`; the storage URL it derives from its own config exactly as the sweeper
+does (so a database password never travels on a command line or into a tag).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.errors import SweeplabError
+from sweeplab.tracking import PRUNED_TAG, is_local, resolve_uri
+
+log = logging.getLogger("sweeplab")
+
+STUDY_FILE = "optuna.db"  # under tracking.root for a local tracking store
+
+
+class SearchError(SweeplabError):
+    """The search cannot go on (storage unset or unreachable, too many failed trials)."""
+
+
+def storage_url(storage: str | None, tracking: DictConfig) -> str:
+    """`hydra.sweeper.storage` if set; else beside the tracking store: a sqlite file under
+    tracking.root, or `tracking.study_storage` (the server's database) for a tracking server."""
+    if storage:
+        return resolve_uri(str(storage)) if str(storage).startswith("sqlite:") else str(storage)
+    if tracking.get("study_storage"):
+        return str(tracking.study_storage)
+    if is_local(str(tracking.uri)):
+        return f"sqlite:///{os.path.join(str(tracking.root), STUDY_FILE)}"
+    raise SearchError(
+        f"an Optuna search with tracking.uri={tracking.uri} needs a study storage the jobs can "
+        "reach: set tracking.study_storage (e.g. the server's postgresql://… database, or "
+        "$SWEEPLAB_STUDY_STORAGE) or hydra.sweeper.storage"
+    )
+
+
+def open_storage(url: str):
+    """Optuna's RDB storage; sqlite waits for a busy file instead of failing at once (jobs
+    report while the sweeper asks and tells)."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:
+        raise SearchError(f"cannot open the Optuna study storage {_safe(url)}: {e}") from e
+
+
+def _safe(url: str) -> str:
+    """The URL as it may be shown or logged: password masked, paths relative to the launch dir."""
+    from sweeplab.params import relativize_paths
+    from sweeplab.redact import redact_override
+    from sweeplab.schema import launch_dir
+
+    return relativize_paths(redact_override(f"url={url}").split("=", 1)[1], launch_dir())
+
+
+def instantiate_pruner(node: Any):
+    from hydra.utils import instantiate
+
+    return instantiate(node) if node else None
+
+
+def optimized_values(metrics: dict, names: Any) -> float | list[float]:
+    """What the job returns to a sweeper: the value of `optimized_metric`, or a list of values
+    for a list of names. A pruned run has no test metrics: NaN there (the sweeper tells PRUNED)."""
+    listed = OmegaConf.is_list(names) or isinstance(names, (list, tuple))
+    wanted = [str(n) for n in (names if listed else [names])]
+    unknown = [n for n in wanted if n not in metrics]
+    if unknown and metrics.get(PRUNED_TAG) is None:
+        per_class = ("test_precision_", "test_recall_", "test_f1_")
+        known = sorted(k for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not k.startswith(per_class))  # fmt: skip
+        raise SearchError(f"optimized_metric {unknown} is not a metric of the run; one of {known}")
+    values = [float(metrics.get(n, math.nan)) for n in wanted]
+    return values if listed else values[0]
+
+
+# --- the job's side of a trial --------------------------------------------------------------
+
+
+class TrialReporter:
+    """Reports the optimised metric after each epoch to this job's trial; `should_stop` is
+    the pruner's verdict. A no-op for jobs that are not trials of a search."""
+
+    def __init__(self, trial=None, metric: str = ""):
+        self.trial, self.metric = trial, metric
+        self.pruned_epoch: int | None = None
+
+    @classmethod
+    def for_job(cls, cfg: DictConfig) -> TrialReporter:
+        from sweeplab.schema import in_multirun
+
+        if cfg.sweep.get("trial") is None or not in_multirun():  # e.g. a job's saved config
+            return cls()
+        import optuna
+        from hydra.core.hydra_config import HydraConfig
+
+        sweeper = HydraConfig.get().sweeper
+        storage = open_storage(storage_url(sweeper.get("storage"), cfg.tracking))
+        study = optuna.load_study(
+            study_name=str(cfg.sweep.study),
+            storage=storage,
+            pruner=instantiate_pruner(sweeper.get("pruner")),
+        )
+        study_id = storage.get_study_id_from_name(str(cfg.sweep.study))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(cfg.sweep.trial))
+        if storage.get_trial(trial_id).state != optuna.trial.TrialState.RUNNING:
+            log.info("trial %s is no longer running: not reporting to it", cfg.sweep.trial)
+            return cls()
+        if len(study.directions) > 1:  # Optuna prunes single-objective studies only
+            return cls()
+        return cls(optuna.trial.Trial(study, trial_id), str(cfg.optimized_metric))
+
+    def replay(self, history: list[dict[str, float]]) -> None:
+        """A resumed job's earlier epochs, so the pruner compares this trial at every epoch."""
+        best = -math.inf
+        for row in history:
+            best = max(best, row["val_acc"])
+            self._report(row, best)
+
+    def should_stop(self, row: dict[str, float], best_val_acc: float) -> bool:
+        """Report this epoch's value of the optimised metric; True when the trial is pruned."""
+        if not self._report(row, best_val_acc) or not self.trial.should_prune():
+            return False
+        epoch = self.pruned_epoch = int(row["epoch"])
+        self.trial.set_user_attr(PRUNED_TAG, epoch)  # the sweeper tells PRUNED on seeing it
+        log.info("pruned by %s at epoch %d (%s %.4f)", type(self.trial.study.pruner).__name__,
+                 epoch, self.metric, best_val_acc)  # fmt: skip
+        return True
+
+    def _report(self, row: dict[str, float], best_val_acc: float) -> bool:
+        """trial.report(value at this epoch); False when there is nothing to report to."""
+        if self.trial is None:
+            return False
+        value = best_val_acc if self.metric == "best_val_acc" else row.get(self.metric)
+        if value is None or math.isnan(value):
+            return False
+        self.trial.report(float(value), step=int(row["epoch"]))
+        return True
+
+
+# --- results on the parent run ---------------------------------------------------------------
+
+
+def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: list[str]) -> dict:
+    """Best parameters and value (or the Pareto front), Optuna's history and importance plots
+    and the storage URL, on the sweep's parent run (a NullRun outside sweeplab's callback);
+    also optimization_results.yaml in the sweep folder."""
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    results: dict[str, Any] = {"name": "optuna", "study": study.study_name,
+                               "storage": _safe(storage)}  # fmt: skip
+    tags = {"optuna.study": study.study_name, "optuna.storage": _safe(storage),
+            "sweeplab.objectives": ",".join(objectives)}  # fmt: skip
+    if done and len(study.directions) == 1:
+        best = study.best_trial
+        results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+        parent_run.log_params({f"best.{k}": v for k, v in best.params.items()})
+        parent_run.log_metrics({"best_value": best.value, "best_trial": best.number}, step=0)
+    elif done:
+        front = study.best_trials
+        results["solutions"] = [
+            {"trial": t.number, "params": t.params, "values": t.values} for t in front
+        ]
+        tags["sweeplab.pareto_trials"] = ",".join(str(t.number) for t in front)
+    parent_run.set_tags(tags)
+    path = os.path.join(sweep_dir, "optimization_results.yaml")
+    OmegaConf.save(OmegaConf.create(results), path)
+    parent_run.log_artifact(path, "optuna")
+    for png in _plots(study, done, sweep_dir):
+        parent_run.log_artifact(png, "optuna")
+    return results
+
+
+def _plots(study, done: list, sweep_dir: str) -> list[str]:
+    """Optuna's own matplotlib plots; importance needs two finished trials with varied params."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ov
+
+    from sweeplab.metrics import pyplot
+
+    plt = pyplot(Path(sweep_dir) / "optuna.png")
+    names = {"optimization_history": ov.plot_optimization_history}
+    if len(done) >= 2 and len(study.directions) == 1:
+        names["param_importances"] = ov.plot_param_importances
+    if len(study.directions) == 2:
+        names = {"pareto_front": ov.plot_pareto_front}
+    out = []
+    for name, plot in names.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks these plots experimental
+                ax = plot(study)
+            path = os.path.join(sweep_dir, f"optuna_{name}.png")
+            ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(ax.figure)
+            out.append(path)
+        except Exception as e:  # a plot must never cost the search its results
+            log.warning("optuna %s plot skipped: %s: %s", name, type(e).__name__, e)
+    return out
