@@ -1,4 +1,5 @@
-"""Sweeps at scale: launchers (joblib, submitit_local), Optuna, the parent run and its report."""
+"""Sweeps at scale: launchers (joblib, submitit_local), the parent run and its report (Optuna
+searches: test_search.py, test_search_e2e.py)."""
 
 from __future__ import annotations
 
@@ -156,24 +157,3 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     assert [r["status"] for r in report_csv(client, parent)] == ["FINISHED", "FINISHED"]
     # submitit ran each job in its own process, which wrote its own log
     assert len(list((tmp_path / "outputs" / "multiruns").rglob("*_log.out"))) == 2
-
-
-@pytest.mark.slow
-def test_optuna_search_three_trials_on_mnist(tmp_path, data_dir):
-    args = ["hparams_search=optuna", "experiment=mnist_quick", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.sampler.n_startup_trials=2", "dataset.train_subset=1000",
-            "trainer.epochs=1", f"dataset.root={data_dir}"]  # fmt: skip
-    rc, out = sweep(args, tmp_path)
-    assert rc == 0, out[-3000:]
-    client, parent, trials = parent_and_children(tmp_path / "mlruns", "mnist_quick")
-    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
-    assert parent.data.tags["hydra.sweeper"] == "OptunaSweeper"
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
-    lrs = {r.data.params["optimizer.lr"] for r in trials}
-    assert len(lrs) == 3  # three different points of the search space
-    result = OmegaConf.load(next((tmp_path / "outputs").rglob("optimization_results.yaml")))
-    best = max(r.data.metrics["best_val_acc"] for r in trials)
-    assert result.best_value == pytest.approx(best)
-    rows = report_csv(client, parent)
-    assert float(rows[0]["best_val_acc"]) == pytest.approx(best)  # report: best first
-    assert set(rows[0]) >= {"optimizer", "optimizer.lr", "optimizer.weight_decay", "augmentation"}
