@@ -21,8 +21,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import CONF
-from hydra_plugins.sweeplab_optuna_sweeper.config import PRUNERS, SAMPLERS
-from hydra_plugins.sweeplab_optuna_sweeper.sweeper import (
+from hydra_plugins.sweeplab_sweepers.config import PRUNERS, SAMPLERS
+from hydra_plugins.sweeplab_sweepers.optuna_sweeper import (
     OWNER,
     REQUEUED,
     SweeplabOptunaSweeper,
@@ -119,23 +119,26 @@ class StandInLauncher:
     (a value, a list, NaN, or an exception to fail with); records start and end times."""
 
     def __init__(self, outcome):
-        self.outcome, self.events, self.lock = outcome, [], threading.Lock()
+        self.outcome, self.events, self.jobs, self.lock = outcome, [], [], threading.Lock()
 
     def launch(self, job_overrides, initial_job_idx):
-        (overrides,) = job_overrides
+        return [self.job(overrides) for overrides in job_overrides]
+
+    def job(self, overrides):
         params = dict(o.split("=", 1) for o in overrides)
         start = time.monotonic()
         seconds, value = self.outcome(params)
         time.sleep(seconds)
         with self.lock:
             self.events.append((int(params["sweep.trial"]), start, time.monotonic()))
+            self.jobs.append(params)
         if isinstance(value, Exception):
-            return [JobReturn(status=JobStatus.FAILED, _return_value=value)]
-        return [JobReturn(status=JobStatus.COMPLETED, _return_value=value)]
+            return JobReturn(status=JobStatus.FAILED, _return_value=value)
+        return JobReturn(status=JobStatus.COMPLETED, _return_value=value)
 
 
 def make_sweeper(tmp_path, outcome, n_trials=4, n_jobs=2, direction="maximize",
-                 params=None, max_failure_rate=0.5, metric="best_val_acc"):  # fmt: skip
+                 params=None, max_failure_rate=0.5, metric="best_val_acc", seeds=1):  # fmt: skip
     sweeper = SweeplabOptunaSweeper(
         sampler=OmegaConf.create({**SAMPLERS["random"]}),
         pruner=OmegaConf.create(PRUNERS["none"]),
@@ -145,7 +148,7 @@ def make_sweeper(tmp_path, outcome, n_trials=4, n_jobs=2, direction="maximize",
     )  # fmt: skip
     sweeper.config = OmegaConf.create({
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "root": str(tmp_path)},
-        "trainer": {"seed": 0}, "optimized_metric": metric,
+        "trainer": {"seed": 0}, "optimized_metric": metric, "sweep": {"seeds": seeds},
         "hydra": {"launcher": {"_target_": "StandInLauncher"}, "sweep": {"dir": str(tmp_path)}},
     })  # fmt: skip
     sweeper.launcher = StandInLauncher(outcome)
@@ -251,3 +254,31 @@ def test_directions_must_match_the_optimised_metrics(tmp_path):
     sweeper = make_sweeper(tmp_path, lambda p: (0, 0.0), direction=["maximize", "minimize"])
     with pytest.raises(SearchError, match="one per entry of optimized_metric"):
         sweeper.sweep([])
+
+
+def test_with_seeds_each_trial_runs_once_per_seed_and_scores_their_mean(tmp_path):
+    def outcome(p):  # seed 5 scores x, seed 6 scores x + 0.2
+        return 0.0, float(p["x"]) + (0.2 if p["trainer.seed"] == "6" else 0.0)
+
+    sweeper = make_sweeper(tmp_path, outcome, n_trials=2, n_jobs=1, seeds=2)
+    sweeper.config.trainer.seed = 5
+    sweeper.sweep([])
+    jobs = sweeper.launcher.jobs
+    assert [(j["sweep.trial"], j["trainer.seed"]) for j in jobs] == [
+        ("0", "5"), ("0", "6"), ("1", "5"), ("1", "6")]  # fmt: skip
+    for t in study_of(tmp_path).trials:
+        assert t.value == pytest.approx(t.params["x"] + 0.1)
+
+
+def test_the_grid_sweeper_adds_the_seeds_and_is_the_default(monkeypatch):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", ["sweep.seeds=3", "trainer.seed=7"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("SweeplabBasicSweeper")
+    sweeper = instantiate(cfg.hydra.sweeper)
+    sweeper.config = cfg
+    captured = []
+    grid = type(sweeper).__mro__[1]  # Hydra's BasicSweeper, as Hydra's plugin scan loaded it
+    assert grid.__name__ == "BasicSweeper"
+    monkeypatch.setattr(grid, "sweep", lambda self, arguments: captured.append(arguments))
+    sweeper.sweep(["optimizer=sgd,adam"])
+    assert captured == [["optimizer=sgd,adam", "trainer.seed=7,8,9"]]

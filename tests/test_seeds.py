@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from test_reliability import SLOW
+from test_reliability import SLOW, start
 from test_sweep import parent_and_children, sweep
 
 from sweeplab.identity import SEED, config_hash
@@ -55,13 +55,14 @@ def test_no_seed_section_when_every_configuration_ran_once():
 
 
 @pytest.mark.slow
-def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path):
-    args = [*SLOW, "trainer.epochs=1", "dataset.num_train=200", "trainer.seed=1,2",
-            "optimizer=sgd,adam"]  # fmt: skip
+@pytest.mark.parametrize("seeds", [["trainer.seed=1,2"], ["trainer.seed=1", "sweep.seeds=2"]])
+def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path, seeds):
+    args = [*SLOW, "trainer.epochs=1", "dataset.num_train=200", *seeds, "optimizer=sgd,adam"]
     code, out = sweep(args, tmp_path)
     assert code == 0, out[-3000:]
     client, parent, children = parent_and_children(tmp_path / "mlruns")
     assert len(children) == 4
+    assert sorted(r.data.params["trainer.seed"] for r in children) == ["1", "1", "2", "2"]
     by_optimizer: dict[str, set[str]] = {}
     for run in children:
         by_optimizer.setdefault(run.data.params["optimizer._target_"], set()).add(
@@ -77,3 +78,12 @@ def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path):
     path = client.download_artifacts(parent.info.run_id, "report/report_seeds.csv")
     assert len(list(csv.DictReader(io.StringIO(Path(path).read_text())))) == 2
     assert "across seeds:" in out
+
+
+def test_seeds_and_a_swept_seed_are_refused_before_anything_is_created(tmp_path):
+    proc = start(["-m", *SLOW, "trainer.seed=1,2", "sweep.seeds=3"], tmp_path)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, out[-2000:]
+    assert "error: sweep.seeds=3 runs every configuration with that many seeds: do not also " \
+           "sweep trainer.seed" in out  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # no store, no outputs/

@@ -77,6 +77,7 @@ class TrackingConfig:
 class SweepConfig:
     rerun_finished: bool = False
     dry_run: bool = False
+    seeds: int = 1  # > 1: every configuration with seeds trainer.seed, +1, ... (mean +- std)
     study: str | None = None  # set by the Optuna sweeper on each job: its study and trial
     trial: int | None = None
 
@@ -174,6 +175,7 @@ RANGE_CHECKS = [
     ("dataset.train_subset", lambda v: v is None or v >= 1, "null or an integer >= 1"),
     ("augmentation.alpha", lambda v: v > 0, "a number > 0 (the Beta(alpha, alpha) of the mix)"),
     ("augmentation.hflip_p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("sweep.seeds", lambda v: v >= 1, "an integer >= 1 (seeds per configuration)"),
 ]
 
 

@@ -1,7 +1,7 @@
 """Optuna search, the parts both sides of a trial share: where the study lives, the job's side of
 a trial (report each epoch, stop when the pruner says so) and the search's results on the
 sweep's parent run. The sweeper itself (ask / tell, `n_jobs` trials in flight, resume) is the
-Hydra plugin in `hydra_plugins/sweeplab_optuna_sweeper`.
+Hydra plugin in `hydra_plugins/sweeplab_sweepers`.
 
 A job learns its trial from two overrides the sweeper adds, `sweep.study=<name>` and
 `sweep.trial=<number>`; the storage URL it derives from its own config exactly as the sweeper

@@ -1,5 +1,8 @@
 """Seed aggregation: the runs of one configuration with different `trainer.seed`s, averaged.
 
+`sweep.seeds=N` runs every configuration of a sweep with seeds trainer.seed, +1, ..., +N-1
+(`seeds_override`; the grid and Optuna sweepers apply it).
+
 Runs carry `sweeplab.config_hash_without_seed` (tracking.SEEDLESS_TAG): equal for every seed
 of a configuration, so the sweep report (and the MLflow UI, grouping by that tag) can show the
 mean and spread of a configuration instead of one lucky seed.
@@ -13,6 +16,15 @@ import statistics
 from dataclasses import dataclass
 
 from sweeplab.identity import SEED
+
+
+def seed_values(base: int, n: int) -> list[int]:
+    return [base + i for i in range(n)]
+
+
+def seeds_override(base: int, n: int) -> list[str]:
+    """The override that repeats each configuration of a grid sweep with n seeds (none for 1)."""
+    return [f"{SEED}=" + ",".join(map(str, seed_values(base, n)))] if n > 1 else []
 
 
 @dataclass

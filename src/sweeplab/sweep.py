@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 
 from sweeplab import store, tracking
 from sweeplab.errors import SweeplabError
-from sweeplab.identity import sweep_id
+from sweeplab.identity import SEED, sweep_id
 from sweeplab.params import relativize_paths
 from sweeplab.redact import redact_override, redacted_overrides, typed_overrides
-from sweeplab.schema import abspath, in_multirun
+from sweeplab.schema import ConfigError, abspath, in_multirun
 from sweeplab.tracking import (
     PARENT_ENV,
     PRUNED_TAG,
@@ -199,16 +199,20 @@ class PrepareStoreCallback(Callback):
             t = config.tracking
             return store.prepare_store(t.uri, t.root, t.experiment)
         except SweeplabError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _stop(e)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment_id = self._prepare(config, config.hydra.sweep.dir)
         keys = swept_keys(typed_overrides(config.hydra.overrides.task))
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
+        if config.sweep.seeds > 1:  # the sweeper adds trainer.seed=s,s+1,...: one more swept key
+            if SEED in keys:
+                _stop(ConfigError(f"sweep.seeds={config.sweep.seeds} runs every configuration "
+                                  f"with that many seeds: do not also sweep {SEED}"))  # fmt: skip
+            keys.append(SEED)
+        experiment_id = self._prepare(config, config.hydra.sweep.dir)
         # Jobs name their runs after the swept keys only; workers inherit the environment.
         os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
         if config.sweep.dry_run:
@@ -253,6 +257,12 @@ class PrepareStoreCallback(Callback):
             lines = [f"sweep summary: {len(failed)} of {len(rows)} jobs failed"]
             lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]
             print("\n".join(lines), file=sys.stderr)
+
+
+def _stop(error: SweeplabError) -> None:
+    """Bad input found before any job: one line, exit 2, nothing else happens."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def swept_keys(overrides: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import socket
+import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -241,24 +242,33 @@ class SweeplabOptunaSweeper(Sweeper):
         lines = [f"{k}={v}" for k, v in params.items()]
         return [*lines, f"sweep.study={study.study_name}", f"sweep.trial={trial.number}"]
 
-    def _launch(self, trial, overrides: list[str]):
-        # The job's folder is its trial number: unique across launches of the same study.
-        return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+    def _launch(self, trial, overrides: list[str]) -> list:
+        """The trial's job, or with sweep.seeds=N its N jobs (one per seed) as one batch. Job
+        folders are numbered from trial number x N: unique across launches of the study."""
+        from sweeplab.seeds import seed_values
+
+        n = int(self.config.sweep.get("seeds", 1))
+        if n == 1:
+            return self.launcher.launch([overrides], initial_job_idx=trial.number)
+        seeds = seed_values(int(self.config.trainer.seed), n)
+        batch = [[*overrides, f"trainer.seed={s}"] for s in seeds]
+        return self.launcher.launch(batch, initial_job_idx=trial.number * n)
 
     def tell(self, study, trial, future) -> None:
         """COMPLETE with the job's value(s); PRUNED if the job was pruned; FAIL if it raised or
-        returned NaN (the search goes on)."""
+        returned NaN (the search goes on). With sweep.seeds, a failed seed fails the trial."""
         from optuna.trial import TrialState
 
         from sweeplab.tracking import PRUNED_TAG
 
         state, values, why = TrialState.COMPLETE, None, ""
         try:
-            value = future.result().return_value  # raises the job's own exception
+            returned = [job.return_value for job in future.result()]  # raises a job's error
             if PRUNED_TAG in study._storage.get_trial(trial._trial_id).user_attrs:
                 state = TrialState.PRUNED  # Optuna keeps the last reported value
-            else:
-                values = self.values(value)
+            else:  # with sweep.seeds=N, the mean over the seeds
+                per_seed = [self.values(v) for v in returned]
+                values = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
         except Exception as e:
             state, values, why = TrialState.FAIL, None, f"{type(e).__name__}: {e}"[:500]
             study._storage.set_trial_user_attr(trial._trial_id, "sweeplab.error", why)

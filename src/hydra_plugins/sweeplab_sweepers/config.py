@@ -9,8 +9,17 @@ from omegaconf import MISSING
 
 
 @dataclass
+class SweeplabBasicConf:
+    """Hydra's grid sweeper plus `sweep.seeds` (sweeplab's default sweeper, conf/train.yaml)."""
+
+    _target_: str = "hydra_plugins.sweeplab_sweepers.basic_sweeper.SweeplabBasicSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+
+
+@dataclass
 class SweeplabOptunaConf:
-    _target_: str = "hydra_plugins.sweeplab_optuna_sweeper.sweeper.SweeplabOptunaSweeper"
+    _target_: str = "hydra_plugins.sweeplab_sweepers.optuna_sweeper.SweeplabOptunaSweeper"
     _recursive_: bool = False  # sampler and pruner stay configs: seeded / rebuilt in each job
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     sampler: Any = MISSING  # seed null = the config's trainer.seed
@@ -61,6 +70,7 @@ PRUNERS = {
 }
 
 cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="sweeplab_basic", node=SweeplabBasicConf, provider="sweeplab")
 cs.store(group="hydra/sweeper", name="sweeplab_optuna", node=SweeplabOptunaConf,
          provider="sweeplab")  # fmt: skip
 for name, node in SAMPLERS.items():

@@ -1,0 +1,15 @@
+"""Hydra's grid sweeper, plus `sweep.seeds=N`: every configuration of the grid once per seed
+(trainer.seed, +1, ..., +N-1), so the sweep report can show each one's mean and spread."""
+
+from __future__ import annotations
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+
+class SweeplabBasicSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]):
+        from sweeplab.seeds import seeds_override
+
+        # sweeplab's callback has already refused sweep.seeds > 1 with a swept trainer.seed.
+        n = int(self.config.sweep.get("seeds", 1))
+        return super().sweep([*arguments, *seeds_override(int(self.config.trainer.seed), n)])
