@@ -232,9 +232,9 @@ class SweeplabOptunaSweeper(Sweeper):
                         f"(max_failure_rate={self.max_failure_rate}); last: "
                         f"{failed[-1].user_attrs.get('sweeplab.error', '?')}"
                     )
-        finally:
+        finally:  # on Ctrl-C, do not wait for trials still running: a relaunch requeues them
             if pool is not None:
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=False, cancel_futures=True)
             self.finish(study)
 
     def overrides(self, study, trial, fixed: dict) -> list[str]:
