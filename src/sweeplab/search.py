@@ -55,10 +55,10 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:
-        raise SearchError(f"cannot open the Optuna study storage {_safe(url)}: {e}") from e
+        raise SearchError(f"cannot open the Optuna study storage {display_url(url)}: {e}") from e
 
 
-def _safe(url: str) -> str:
+def display_url(url: str) -> str:
     """The URL as it may be shown or logged: password masked, paths relative to the launch dir."""
     from sweeplab.params import relativize_paths
     from sweeplab.redact import redact_override
@@ -163,8 +163,8 @@ def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: lis
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     results: dict[str, Any] = {"name": "optuna", "study": study.study_name,
-                               "storage": _safe(storage)}  # fmt: skip
-    tags = {"optuna.study": study.study_name, "optuna.storage": _safe(storage),
+                               "storage": display_url(storage)}  # fmt: skip
+    tags = {"optuna.study": study.study_name, "optuna.storage": display_url(storage),
             "sweeplab.objectives": ",".join(objectives)}  # fmt: skip
     if done and len(study.directions) == 1:
         best = study.best_trial

@@ -147,8 +147,9 @@ class SweeplabOptunaSweeper(Sweeper):
             host, _, pid = str(t.user_attrs.get(OWNER, "")).rpartition(":")
             if host != socket.gethostname() or _alive(pid):
                 continue  # another live launch's trial (or another machine's): leave it
+            # (Optuna has no public call to set an attribute on another process's trial)
             study._storage.set_trial_user_attr(t._trial_id, "sweeplab.interrupted", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={REQUEUED: t.number})
             log.warning("trial %d was left RUNNING by a dead launch: FAIL, parameters "
                         "queued again", t.number)  # fmt: skip
@@ -188,7 +189,7 @@ class SweeplabOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from optuna.trial import TrialState
 
-        from sweeplab.search import SearchError
+        from sweeplab.search import SearchError, display_url
 
         self._check()
         space, fixed = search_space(self.params, arguments)
@@ -199,7 +200,7 @@ class SweeplabOptunaSweeper(Sweeper):
         done = len(study.get_trials(deepcopy=False, states=ended))
         slots = self.slots()
         log.info("study %s (%s): %d of %d trials done%s, %d in flight at a time",
-                 study.study_name, _safe(self.url), done, self.n_trials,
+                 study.study_name, display_url(self.url), done, self.n_trials,
                  f", {requeued} queued again" if requeued else "", slots)  # fmt: skip
         started, in_flight = 0, {}
         pool = ThreadPoolExecutor(slots, thread_name_prefix="trial") if slots > 1 else None
@@ -271,7 +272,7 @@ class SweeplabOptunaSweeper(Sweeper):
                 values = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
         except Exception as e:
             state, values, why = TrialState.FAIL, None, f"{type(e).__name__}: {e}"[:500]
-            study._storage.set_trial_user_attr(trial._trial_id, "sweeplab.error", why)
+            trial.set_user_attr("sweeplab.error", why)
         study.tell(trial, values=values, state=state)
         seconds = time.time() - trial.datetime_start.timestamp()
         shown = f"{values[0] if len(values) == 1 else values}" if values else why or "pruned"
@@ -310,9 +311,3 @@ class SweeplabOptunaSweeper(Sweeper):
                      results["best_value"], results["best_params"])  # fmt: skip
         elif "solutions" in results:
             log.info("Pareto front: trials %s", [s["trial"] for s in results["solutions"]])
-
-
-def _safe(url: str) -> str:
-    from sweeplab.search import _safe
-
-    return _safe(url)
