@@ -1,7 +1,7 @@
 """The same Optuna search with the official hydra-optuna-sweeper and with sweeplab's sweeper.
 
     python benchmarks/search_vs_official.py --official-python /tmp/official/bin/python \\
-        [--trials 20] [--seeds 1 2 3] [--train-subset 2000] [--epochs 3]
+        [--trials 20] [--seeds 1 2 3] [--train-subset 2000] [--epochs 3] [--val-fraction 0.1]
 
 Search space (both): optimizer choice(sgd, adam, adamw, rmsprop), lr tag(log, interval(1e-4,
 1e-1)), weight_decay tag(log, interval(1e-6, 1e-2)), augmentation choice(none, standard); TPE
@@ -39,9 +39,12 @@ def search(tool: str, python: str, seed: int, args) -> tuple[float, float, int]:
     """(wall seconds, best val_acc, trials pruned) of one search launched as a user would."""
     common = ["-m", "dataset=mnist", f"dataset.train_subset={args.train_subset}",
               f"trainer.epochs={args.epochs}", "model=simple_cnn", "trainer.device=cpu",
+              f"dataset.val_fraction={args.val_fraction}",
               f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.sampler.seed={seed}",
               "hydra.sweeper.direction=maximize", *SPACE]  # fmt: skip
-    if tool == "official":
+    if tool == "sweeplab-unpruned":
+        chosen = ["hparams_search=optuna", "hydra/sweeper/pruner=none"]
+    elif tool == "official":
         # In-memory study (its default): optuna 2.10's RDB storage fails on SQLAlchemy 2.
         chosen = ["hydra/sweeper=optuna", "hydra/sweeper/sampler=tpe", "hydra.sweeper.n_jobs=1"]
     else:
@@ -71,18 +74,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--train-subset", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    unpruned = "also sweeplab's sweeper with pruner=none: what pruning changes"
+    parser.add_argument("--also-unpruned", action="store_true", help=unpruned)
     args = parser.parse_args()
     rows = []
     for i, seed in enumerate(args.seeds):
         order = ["official", "sweeplab"] if i % 2 == 0 else ["sweeplab", "official"]
+        if args.also_unpruned:
+            order.append("sweeplab-unpruned")
         result = {}
         for tool in order:
             python = args.official_python if tool == "official" else sys.executable
             result[tool] = search(tool, python, seed, args)
             wall, best, pruned = result[tool]
-            print(f"seed {seed} {tool:8s}: {wall:6.1f} s  best val_acc {best:.4f}  "
+            print(f"seed {seed} {tool:17s}: {wall:6.1f} s  best val_acc {best:.4f}  "
                   f"pruned {pruned}", flush=True)  # fmt: skip
         rows.append((seed, result["official"], result["sweeplab"]))
+        if "sweeplab-unpruned" in result:
+            uw, ub, _ = result["sweeplab-unpruned"]
+            print(f"seed {seed}: unpruned sweeplab {uw:.1f} s ({uw / result['official'][0]:.2f}x), "
+                  f"best {ub:.4f}", flush=True)  # fmt: skip
     print("\n| sampler seed | official: wall, best val_acc | sweeplab: wall, best val_acc, pruned "
           "| wall ratio | val_acc diff |\n|---|---|---|---|---|")  # fmt: skip
     for seed, (ow, ob, _), (sw, sb, sp) in rows:

@@ -141,3 +141,18 @@ def test_a_multi_objective_search_reports_its_pareto_front(tmp_path):
     assert "Pareto front:" in out
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert "optuna/optuna_pareto_front.png" in files
+
+
+def test_trials_in_flight_under_submitit_each_in_its_own_process(tmp_path):
+    args = [*SLOW, "trainer.epochs=2", "dataset.num_train=300", "hparams_search=optuna",
+            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3",
+            "hydra/sweeper/pruner=none"]  # fmt: skip
+    rc, out = sweep(args, tmp_path, timeout=900)
+    assert rc == 0, out[-3000:]
+    trials = the_study(tmp_path / "mlruns").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    first, second = trials[0], trials[1]
+    assert second.datetime_start < first.datetime_complete  # two in flight at once
+    _, _, runs = parent_and_children(tmp_path / "mlruns")
+    assert len({r.data.tags["sweeplab.pid"] for r in runs}) == 3  # a process per trial
+    assert len(list((tmp_path / "outputs").rglob("*_log.out"))) == 3

@@ -7,6 +7,7 @@ a `tracking.uri=` override and once through `MLFLOW_TRACKING_URI`, the two docum
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import subprocess
@@ -122,6 +123,44 @@ def test_parallel_sweep_logs_into_server_on_postgres(uri_from, mlflow_server, po
     # Nothing fell back to a local store in the launch directory.
     assert list(tmp_path.rglob("*.db")) == []
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_keeps_its_study_in_postgres(mlflow_server, postgres, tmp_path):
+    """tracking=server: the study goes to the database in $SWEEPLAB_STUDY_STORAGE, a database of
+    its own beside MLflow's (both keep an alembic_version table); jobs in joblib workers report
+    their epochs to it."""
+    import optuna
+    import psycopg2
+
+    conn = psycopg2.connect(postgres.dsn)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("CREATE DATABASE studies")
+    storage = postgres.uri.rsplit("/", 1)[0] + "/studies"
+    experiment = f"server-optuna-{uuid.uuid4().hex[:6]}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["SWEEPLAB_STUDY_STORAGE"] = storage
+    args = [*SWEEP[:-1], "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=2", f"tracking.uri={mlflow_server.url}",
+            f"tracking.experiment={experiment}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # from the jobs
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    exp = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'sweep'")
+    assert parent.data.tags["optuna.study"] == summary.study_name
+    assert parent.data.tags["optuna.storage"] == storage  # no password here to mask
+    assert not (tmp_path / "mlruns").exists()  # nothing fell back to a local store
 
 
 class _AuthWall(http.server.BaseHTTPRequestHandler):

@@ -17,7 +17,7 @@ from test_reliability import SLOW, client_for, start
 
 from conftest import CONF, job_runs
 from sweeplab.identity import sweep_id
-from sweeplab.sweep import Placement, concurrent_jobs, placement
+from sweeplab.sweep import Placement, choose_joblib_jobs, concurrent_jobs, placement
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -47,6 +47,28 @@ def test_a_slurm_job_uses_the_cpus_it_was_granted():
     launcher = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
     assert placement(launcher, 7, 64, 8, env={"SLURM_CPUS_PER_TASK": "6"}) == Placement(6, None, 1)
     assert concurrent_jobs(launcher, 64) == 1  # each SLURM job has its own allocation
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cores", "expected"),
+    [
+        (["hydra/launcher=joblib"], 2, 1),  # default n_jobs on 2 cores: one at a time
+        (["hydra/launcher=joblib"], 8, None),  # enough cores: parallel, as configured
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 2, None),  # the user chose
+        (["hydra/launcher=joblib", "trainer.num_threads=1"], 2, None),  # 1-thread jobs: parallel
+        ([], 2, None),  # basic launcher: nothing to choose
+    ],
+)
+def test_a_default_joblib_sweep_is_not_made_slower_than_sequential(overrides, cores, expected):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides, return_hydra_config=True)
+    before = cfg.hydra.launcher.get("n_jobs")
+    assert choose_joblib_jobs(cfg, cores) == expected
+    if expected is None:
+        assert cfg.hydra.launcher.get("n_jobs") == before
+    else:  # the launcher and the jobs (which recompose from the hydra overrides) both see it
+        assert cfg.hydra.launcher.n_jobs == 1
+        assert cfg.hydra.overrides.hydra[-1] == "hydra.launcher.n_jobs=1"
 
 
 def test_slurm_config_composes_with_its_cluster_knobs():

@@ -144,6 +144,40 @@ def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.envi
     return Placement(max(1, cores // k), gpu, k)
 
 
+# Below this many cores, two 1-thread jobs train no faster than one job on every core, and each
+# joblib worker costs a few seconds to start (docs/benchmarks.md, "Parallel sweep"): a joblib
+# sweep left at its default n_jobs then runs its jobs one at a time.
+MIN_CORES_FOR_PARALLEL = 3
+
+
+def choose_joblib_jobs(config: DictConfig, cores: int) -> int | None:
+    """For `hydra/launcher=joblib` with n_jobs left at its default (-1: one job per core) and the
+    threads left to sweeplab: 1 on a machine with fewer than MIN_CORES_FOR_PARALLEL cores (the
+    config is changed so the jobs see it too, and the log says so), else None (leave it)."""
+    launcher = config.hydra.launcher
+    chosen = [o for o in config.hydra.overrides.hydra if o.startswith("hydra.launcher.n_jobs=")]
+    if "joblib" not in str(launcher.get("_target_", "")) or chosen:
+        return None
+    if cores >= MIN_CORES_FOR_PARALLEL or config.trainer.get("num_threads"):
+        return None
+    from omegaconf import open_dict, read_write
+
+    with read_write(config), open_dict(config):
+        launcher.n_jobs = 1
+        # jobs recompose their config from these overrides (Hydra's load_sweep_config)
+        config.hydra.overrides.hydra.append("hydra.launcher.n_jobs=1")
+    log.warning(
+        "hydra/launcher=joblib on %d cores: one job at a time (each already trains on every "
+        "core, and parallel 1-thread jobs measured no faster here); hydra.launcher.n_jobs=2 "
+        "trainer.num_threads=1 runs two at a time", cores,
+    )  # fmt: skip
+    return 1
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def job_placement() -> Placement:
     """`placement` for the running Hydra job (a no-op outside a parallel sweep)."""
     if not in_multirun():
@@ -152,9 +186,9 @@ def job_placement() -> Placement:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return placement(dict(hc.launcher), int(hc.job.num), cores or 1, n_gpus,
+    return placement(dict(hc.launcher), int(hc.job.num), cores, n_gpus,
                      sweeper=dict(hc.sweeper))  # fmt: skip
 
 

@@ -1,5 +1,7 @@
 """Hydra's grid sweeper, plus `sweep.seeds=N`: every configuration of the grid once per seed
-(trainer.seed, +1, ..., +N-1), so the sweep report can show each one's mean and spread."""
+(trainer.seed, +1, ..., +N-1), so the sweep report can show each one's mean and spread; and a
+joblib launcher left at its defaults runs one job at a time where parallel would be slower
+(sweeplab.sweep.choose_joblib_jobs)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,12 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class SweeplabBasicSweeper(BasicSweeper):
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from sweeplab.sweep import choose_joblib_jobs, cpu_cores
+
+        choose_joblib_jobs(config, cpu_cores())  # before the launcher reads its n_jobs
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
     def sweep(self, arguments: list[str]):
         from sweeplab.seeds import seeds_override
 

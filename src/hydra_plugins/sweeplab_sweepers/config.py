@@ -47,11 +47,13 @@ SAMPLERS = {
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol"},
 }
 PRUNERS = {
-    # Stop a trial whose value at an epoch is below the median of earlier trials at that epoch.
+    # Stop a trial whose best value by an epoch is below the median of the finished trials at
+    # that epoch. Steps are epochs (1, 2, ...) and Optuna judges step >= n_warmup_steps: 2 never
+    # judges epoch 1, whose accuracy hardly predicts the end (docs/benchmarks.md, Optuna search).
     "median": {
         "_target_": "optuna.pruners.MedianPruner",
         "n_startup_trials": 5,
-        "n_warmup_steps": 1,
+        "n_warmup_steps": 2,
         "interval_steps": 1,
     },  # fmt: skip
     "hyperband": {

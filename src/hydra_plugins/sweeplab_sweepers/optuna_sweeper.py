@@ -89,7 +89,10 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:  # fmt: skip
+        from sweeplab.sweep import choose_joblib_jobs, cpu_cores
+
         self.config = config
+        choose_joblib_jobs(config, cpu_cores())  # before the launcher reads its n_jobs
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -171,7 +174,7 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def slots(self) -> int:
         """Trials in flight at once: n_jobs, capped by what the launcher can run in parallel."""
-        from sweeplab.sweep import concurrent_jobs
+        from sweeplab.sweep import concurrent_jobs, cpu_cores
 
         launcher = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
         target = str(launcher.get("_target_", ""))
@@ -182,8 +185,7 @@ class SweeplabOptunaSweeper(Sweeper):
                             "trials in parallel", self.n_jobs)  # fmt: skip
             return 1
         if "joblib" in target:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            return min(self.n_jobs, concurrent_jobs(launcher, cores))
+            return min(self.n_jobs, concurrent_jobs(launcher, cpu_cores()))
         return self.n_jobs
 
     def sweep(self, arguments: list[str]) -> None:
