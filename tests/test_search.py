@@ -183,6 +183,7 @@ def test_failed_and_nan_trials_are_fail_and_the_search_goes_on(tmp_path):
     assert "returned NaN for best_val_acc" in trials[2].user_attrs["sweeplab.error"]
     results = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert results.best_value == 0.7 and results.study == "s"
+    assert study_of(tmp_path).metric_names == ["best_val_acc"]  # axes named in dashboards
 
 
 def test_too_many_failures_stop_the_search_with_the_reason(tmp_path):

@@ -20,6 +20,7 @@ import re
 import socket
 import statistics
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -99,12 +100,16 @@ class SweeplabOptunaSweeper(Sweeper):
 
     # --- the study -----------------------------------------------------------------------
 
+    def objectives(self) -> list[str]:
+        """The metric names the jobs return, one per direction (`optimized_metric`)."""
+        metrics = self.config.get("optimized_metric")
+        return [str(m) for m in (metrics if OmegaConf.is_list(metrics) else [metrics])]
+
     def _check(self) -> None:
         from sweeplab.search import SearchError
 
         bad = [d for d in self.directions if d not in ("maximize", "minimize")]
-        metrics = self.config.get("optimized_metric")
-        metrics = list(metrics) if OmegaConf.is_list(metrics) else [metrics]
+        metrics = self.objectives()
         if bad or len(metrics) != len(self.directions):
             raise SearchError(
                 f"hydra.sweeper.direction={self.directions}: give maximize or minimize, one per "
@@ -129,6 +134,9 @@ class SweeplabOptunaSweeper(Sweeper):
             study_name=str(name), storage=open_storage(self.url), load_if_exists=True,
             directions=self.directions, pruner=instantiate_pruner(self.pruner_cfg),
         )  # fmt: skip
+        with warnings.catch_warnings():  # experimental in Optuna; names axes in the dashboard
+            warnings.simplefilter("ignore")
+            study.set_metric_names(self.objectives())
         if [d.name.lower() for d in study.directions] != self.directions:
             from sweeplab.search import SearchError
 
@@ -299,9 +307,8 @@ class SweeplabOptunaSweeper(Sweeper):
             else (tracking.NullRun())
         )
         try:
-            metrics = self.config.optimized_metric
-            objectives = list(metrics) if OmegaConf.is_list(metrics) else [str(metrics)]
-            results = log_results(study, run, self.url, self.config.hydra.sweep.dir, objectives)
+            results = log_results(study, run, self.url, self.config.hydra.sweep.dir,
+                                  self.objectives())  # fmt: skip
         except Exception as e:  # the trials are in the study and MLflow whatever happens here
             log.error("search results not logged: %s: %s", type(e).__name__, e)
             return
