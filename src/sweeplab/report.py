@@ -154,20 +154,18 @@ def markdown(rows: list[Row], swept: list[str], title: str, groups=None, front=N
     `front` (pareto_table) for a multi-objective search."""
     head, body = _cells(rows, swept)
     body = [[*line[:-1], f"`{line[-1]}`" if line[-1] else ""] for line in body]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
+    lines = [f"# {title}", "", *_md_table(head, body)]
     groups = seed_groups(rows) if groups is None else groups
     if groups:
-        head, body = seed_table(groups)
-        lines += ["", "## Across seeds", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]  # fmt: skip
-        lines += ["| " + " | ".join(line) + " |" for line in body]
+        lines += ["", "## Across seeds", "", *_md_table(*seed_table(groups))]
     if front is not None:
-        head, body = front
-        lines += ["", "## Pareto front", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]  # fmt: skip
-        lines += ["| " + " | ".join(line) + " |" for line in body]
+        lines += ["", "## Pareto front", "", *_md_table(*front)]
     return "\n".join(lines) + "\n"
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in body]
 
 
 def csv_text(rows: list[Row], swept: list[str]) -> str:
