@@ -73,11 +73,19 @@ def instantiate_pruner(node: Any):
     return instantiate(node) if node else None
 
 
+def is_listed(value: Any) -> bool:
+    return OmegaConf.is_list(value) or isinstance(value, (list, tuple))
+
+
+def as_list(value: Any) -> list[str]:
+    """`optimized_metric` / `direction`: one name, or a list of them (multi-objective)."""
+    return [str(v) for v in (value if is_listed(value) else [value])]
+
+
 def optimized_values(metrics: dict, names: Any) -> float | list[float]:
     """What the job returns to a sweeper: the value of `optimized_metric`, or a list of values
     for a list of names. A pruned run has no test metrics: NaN there (the sweeper tells PRUNED)."""
-    listed = OmegaConf.is_list(names) or isinstance(names, (list, tuple))
-    wanted = [str(n) for n in (names if listed else [names])]
+    listed, wanted = is_listed(names), as_list(names)
     unknown = [n for n in wanted if n not in metrics]
     if unknown and metrics.get(PRUNED_TAG) is None:
         per_class = ("test_precision_", "test_recall_", "test_f1_")

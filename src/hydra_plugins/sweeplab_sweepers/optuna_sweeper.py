@@ -82,8 +82,9 @@ class SweeplabOptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs,
                  max_failure_rate, params) -> None:  # fmt: skip
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
-        listed = OmegaConf.is_list(direction) or isinstance(direction, (list, tuple))
-        self.directions = [str(d) for d in (direction if listed else [direction])]
+        from sweeplab.search import as_list
+
+        self.directions = as_list(direction)
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.max_failure_rate, self.params = float(max_failure_rate), params
@@ -102,8 +103,9 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def objectives(self) -> list[str]:
         """The metric names the jobs return, one per direction (`optimized_metric`)."""
-        metrics = self.config.get("optimized_metric")
-        return [str(m) for m in (metrics if OmegaConf.is_list(metrics) else [metrics])]
+        from sweeplab.search import as_list
+
+        return as_list(self.config.get("optimized_metric"))
 
     def _check(self) -> None:
         from sweeplab.search import SearchError
