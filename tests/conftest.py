@@ -150,3 +150,14 @@ def job_runs(client, experiment_id: str, query: str = "") -> list:
     """The runs of jobs in an experiment: a sweep's parent run (tag sweeplab.role) left out."""
     runs = client.search_runs([experiment_id], query)
     return [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"]
+
+
+def per_class(client, run_id: str) -> dict[str, list]:
+    """A run's per-class test table (logged with log_table) as {column: values}."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "metrics/test_per_class.json", tmp)
+        table = json.loads(Path(path).read_text())
+    return {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}

@@ -68,7 +68,7 @@ def placeholders(tmp_path_factory, data_dir, store_root):
     other = compose_cfg([
         "dataset=synthetic", "dataset.num_train=100", "dataset.num_test=20", "trainer.epochs=1",
         "trainer.device=cpu", f"tracking.root={store_root}", "tracking.experiment=other-config",
-        f"output_dir={tmp / 'other'}",
+        f"output_dir={tmp / 'other'}", "tracking.keep_last_checkpoint=true",
     ])  # fmt: skip
     train(other)
     from mlflow import MlflowClient

@@ -209,14 +209,19 @@ def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         b = [(m.step, m.value) for m in client.get_metric_history(cut.info.run_id, key)]
         assert sorted(a) == sorted(b), key  # same values, each step exactly once
     assert final.data.metrics["test_acc"] == ref.data.metrics["test_acc"]
-    w_ref = load_checkpoint(next(ref_dir.rglob("last.pt")))["model"]
-    w_cut = load_checkpoint(client.download_artifacts(cut.info.run_id, "checkpoints/last.pt"))
+    w_ref = load_checkpoint(next(ref_dir.rglob("best.pt")))["model"]
+    w_cut = load_checkpoint(client.download_artifacts(cut.info.run_id, "checkpoints/best.pt"))
     w_cut = w_cut["model"]
     assert all(torch.equal(w_ref[k], w_cut[k]) for k in w_ref)
+    # FINISHED now: the resume state (last.pt) is gone from the store and the job folders
+    assert [a.path for a in client.list_artifacts(cut.info.run_id, "checkpoints")] == [
+        "checkpoints/best.pt"
+    ]
+    assert not list(cut_dir.rglob("last.pt")) and not list(ref_dir.rglob("last.pt"))
 
 
 def test_7_resume_refuses_a_checkpoint_of_another_config(small_cfg, tmp_path):
-    first = train(small_cfg("trainer.epochs=1"))
+    first = train(small_cfg("trainer.epochs=1", "tracking.keep_last_checkpoint=true"))
     last = next(Path(small_cfg().output_dir).rglob("last.pt"))
     assert load_checkpoint(last)["mlflow_run_id"] == first["run_id"]
     from sweeplab.schema import ConfigError

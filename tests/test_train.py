@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GROUPS
+from conftest import GROUPS, per_class
 from sweeplab import runner, train
 from sweeplab.checkpoint import load_checkpoint
 from sweeplab.rerun import RerunError, rerun
@@ -29,8 +29,13 @@ def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small
     assert torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
     assert run.data.params["optimizer._target_"] == cfg.optimizer._target_
     assert run.data.params["model.num_classes"] == "10"
-    for k in range(10):
-        assert f"test_f1_class_{k}" in run.data.metrics
+    table = per_class(client, run.info.run_id)  # one row per class, not 3 metrics per class
+    assert table["class"] == [f"class_{k}" for k in range(10)]
+    assert sum(table["support"]) == 100  # the whole test set (dataset.num_test)
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(sum(table["f1"]) / 10)
+    assert not any(k.startswith(("test_f1_", "test_precision_")) for k in run.data.metrics)
+    (model,) = run.outputs.model_outputs  # every model exports as an MLflow model
+    assert client.get_logged_model(model.model_id).status == "READY"
 
 
 @pytest.fixture(scope="module")

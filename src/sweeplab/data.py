@@ -45,6 +45,10 @@ class TensorSplit:
     def to_device(self, device: torch.device) -> TensorSplit:
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` images as they are stored (uint8), e.g. a model's input example."""
+        return self.images[:n]
+
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _num_batches(len(self), batch_size, drop_last)
 
@@ -76,6 +80,11 @@ class LoaderSplit:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` images, decoded and resized like every batch (uint8)."""
+        images = [self.dataset[i][0] for i in range(min(n, len(self)))]
+        return torch.stack([x.as_subclass(torch.Tensor) for x in images])
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _num_batches(len(self), batch_size, drop_last)
@@ -346,6 +355,14 @@ def _read_image_folders(base: Path, transform) -> tuple[Path, Any, dict[str, Any
     return train_dir, full, splits
 
 
+def fit_to_size(image_size: int) -> list:
+    """Short side resized to `image_size`, then centre-cropped square: how image files become
+    a model's input, in training (image folders) and in `sweeplab-predict`."""
+    from torchvision.transforms import v2
+
+    return [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+
+
 def imagefolder_dataset(
     name: str,
     root: str,
@@ -369,7 +386,7 @@ def imagefolder_dataset(
     base = Path(root)
     if in_channels not in (1, 3):
         raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
-    steps = [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    steps = [v2.ToImage(), *fit_to_size(image_size)]
     if in_channels == 1:
         steps.append(v2.Grayscale())
     transform = v2.Compose(steps)

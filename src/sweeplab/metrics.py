@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 
-def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    """test_{precision,recall,f1}_<class> from a [true, predicted] confusion matrix.
+def per_class_table(confusion: torch.Tensor, classes: list[str]) -> dict[str, list]:
+    """Precision, recall, F1 and support of each class from a [true, predicted] confusion
+    matrix, as table columns (one row per class; logged with `log_table`, not as 3 metric keys
+    per class, which is 300 keys on CIFAR-100).
 
     A class never predicted has precision 0 (and never present, recall 0), not NaN.
     """
@@ -20,18 +21,20 @@ def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> dict[str, 
     recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
     denom = precision + recall
     f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-12), 0 * tp)
-    out = {}
-    for i, name in enumerate(classes):
-        key = metric_safe(name)
-        out[f"test_precision_{key}"] = precision[i].item()
-        out[f"test_recall_{key}"] = recall[i].item()
-        out[f"test_f1_{key}"] = f1[i].item()
-    return out
+    return {
+        "class": [str(name) for name in classes],
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": [int(n) for n in actual.tolist()],
+    }
 
 
-def metric_safe(name: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and space; keep it to a tidy subset."""
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "class"
+def macro_metrics(table: dict[str, list], prefix: str = "test") -> dict[str, float]:
+    """{prefix}_macro_{precision,recall,f1}: the unweighted mean over classes (sklearn's
+    average="macro" with zero_division=0)."""
+    n = max(len(table["class"]), 1)
+    return {f"{prefix}_macro_{k}": sum(table[k]) / n for k in ("precision", "recall", "f1")}
 
 
 def pyplot(path: Path):

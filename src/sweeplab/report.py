@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeplab import tracking
+from sweeplab import registry, tracking
 from sweeplab.errors import SweeplabError
 from sweeplab.metrics import pyplot
 from sweeplab.seeds import seed_groups, seed_table, seeds_csv, short
@@ -268,7 +268,9 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
         files = write_report(client, rows, swept, title, out or Path(tmp), groups, front)
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), "report")
-    best = next((r for r in rows if not math.isnan(r.best_val_acc)), None)
+    # the best candidate: trained to the end and scored (not pruned, failed or interrupted)
+    best = next((r for r in rows if r.status == "FINISHED" and not math.isnan(r.best_val_acc)),
+                None)  # fmt: skip
     summary = {"jobs": len(rows), "jobs_failed": sum(not r.ok for r in rows),
                "jobs_pruned": sum(bool(r.pruned_epoch) for r in rows)}  # fmt: skip
     if best is not None:
@@ -286,13 +288,26 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
     return rows
 
 
-def finish_sweep(uri: str, parent_id: str, sweep_dir: str | None) -> list[Row]:
-    """When a sweep's launching process ends: report, then the parent run's status."""
+def finish_sweep(
+    uri: str, parent_id: str, sweep_dir: str | None, register: str | None = None
+) -> list[Row]:
+    """When a sweep's launching process ends: report, register the best model when asked
+    (`sweep.register_best`), then the parent run's status."""
     client = tracking.client(uri)
     parent = client.get_run(parent_id)
     rows = report_sweep(client, parent, Path(sweep_dir) if sweep_dir else None)
+    if register:
+        try:
+            announce(registry.register_best(uri, parent, register))
+        except SweeplabError as e:  # said loudly; the sweep's own results stand
+            log.error("sweep.register_best=%s: %s", register, e)
     client.set_terminated(parent_id, status=sweep_status(rows))
     return rows
+
+
+def announce(version) -> None:
+    name, alias = version.name, registry.BEST_ALIAS
+    print(f"registered models:/{name}/{version.version}, alias models:/{name}@{alias}")
 
 
 def find_parent(client, target: str):
@@ -320,15 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a sweep id (tag sweeplab.sweep_id) or an experiment name")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlruns")
     parser.add_argument("--out", type=Path, help="also write the report files to this folder")
+    parser.add_argument(
+        "--register", metavar="NAME", help="register the best run's model as a new version of "
+        "NAME in the Model Registry and point its alias @best at it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    client = tracking.client(args.tracking_uri or tracking.default_uri())
+    uri = args.tracking_uri or tracking.default_uri()
+    client = tracking.client(uri)
     try:
         parent = find_parent(client, args.target)
+        report_sweep(client, parent, args.out)
+        print(f"logged to run {parent.info.run_id} under report/")
+        if args.register:
+            announce(registry.register_best(uri, parent, args.register))
     except SweeplabError as e:
         print(f"sweeplab-report: error: {e}", file=sys.stderr)
         return 2
-    report_sweep(client, parent, args.out)
-    print(f"logged to run {parent.info.run_id} under report/")
     return 0
 
 

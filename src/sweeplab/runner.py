@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import distributed, store, tracking
+from sweeplab import distributed, lineage, logged_model, store, tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import (
     load_checkpoint,
@@ -34,7 +34,7 @@ from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
 from sweeplab.identity import config_hash
 from sweeplab.loop import Progress, evaluate, train_epoch
-from sweeplab.metrics import per_class_metrics, plot_confusion, plot_curves
+from sweeplab.metrics import macro_metrics, per_class_table, plot_confusion, plot_curves
 from sweeplab.optim import build_optimizer
 from sweeplab.params import flatten_config, write_config_files
 from sweeplab.resume import load_resume_state, sigterm_exits
@@ -93,6 +93,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             if state.history and where.ranks.is_main:
                 curves = plot_curves(state.history, output_dir / "plots" / "curves.png")
                 run.log_artifact(curves, "plots")
+    if where.ranks.is_main and not cfg.tracking.keep_last_checkpoint:
+        drop_resume_state(run, output_dir)  # ended as intended: it will never be resumed
     distributed.cleanup(where.ranks)
     return {**final, "run_id": run.run_id, "history": state.history}
 
@@ -147,6 +149,7 @@ class Parts:
     train_loss: torch.nn.Module
     generators: dict[str, torch.Generator]
     steps_per_epoch: int
+    datasets: dict[str, Any]  # MLflow dataset entities of train / val / test (lineage.py)
 
 
 def build_parts(cfg: DictConfig, where: Where) -> Parts:
@@ -179,6 +182,7 @@ def build_parts(cfg: DictConfig, where: Where) -> Parts:
             "augment": torch.Generator(device).manual_seed(tc.seed + 1 + where.ranks.rank),
         },
         steps_per_epoch=steps,
+        datasets=lineage.split_datasets(cfg.dataset, data) if where.ranks.is_main else {},
     )
 
 
@@ -230,10 +234,13 @@ def open_run(cfg: DictConfig, where: Where, plan: Plan, chash: str, parts: Parts
     name, tags = tracking.run_tags(
         cfg, config_hash=chash, device=where.device, run_is_new=resume_id is None
     )
-    with tracking.tracked_run(t.uri, experiment_id, name, tags, resume_id) as run:
+    interval = t.system_metrics_interval if t.system_metrics else None
+    with tracking.tracked_run(t.uri, experiment_id, name, tags, resume_id, interval) as run:
         log.info("MLflow run %s (experiment %r)", run.run_id, t.experiment)
+        run.experiment_id = experiment_id
         if resumed is None:
             run.log_params(flatten_config(cfg, launch_dir()))
+            run.log_inputs(lineage.dataset_inputs(parts.datasets))
             for path in write_config_files(cfg, Path(cfg.output_dir)):
                 run.log_artifact(path, "hydra")
             run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
@@ -332,26 +339,58 @@ def keep_best(cfg, where: Where, parts: Parts, state: FitState, run, epoch: int,
 
 
 def score_test_set(cfg: DictConfig, where: Where, parts: Parts, state: FitState, run) -> dict:
+    """The test set, once, with the best-on-val weights; they become the run's logged model,
+    and the final metrics are linked to it and to the split each was computed on."""
     weights = state.best_weights or load_checkpoint(_best_path(cfg))["model"]
     parts.model.load_state_dict(weights)
     test_loss, test_acc, confusion = evaluate_split(cfg, where, parts, parts.data.test)
-    final = {
-        "best_val_acc": state.best_acc,
-        "best_epoch": state.best_epoch,
-        "train_time_s": _train_time(state),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        **per_class_metrics(confusion, parts.data.classes),
-    }
-    run.log_metrics(final, step=state.best_epoch)
+    per_class = per_class_table(confusion, parts.data.classes)
+    test = {"test_loss": test_loss, "test_acc": test_acc, **macro_metrics(per_class)}
+    other = {"best_epoch": state.best_epoch, "train_time_s": _train_time(state)}
     if where.ranks.is_main:
+        model_id = log_model(cfg, parts, state, run) if cfg.tracking.log_model else None
+        step, datasets = state.best_epoch, parts.datasets
+        run.log_metrics({"best_val_acc": state.best_acc}, step, model_id, datasets["val"])
+        run.log_metrics(test, step, model_id, datasets["test"])
+        run.log_metrics(other, step, model_id)
+        run.log_table(per_class, "metrics/test_per_class.json")
         png = Path(cfg.output_dir) / "plots" / "confusion_matrix.png"
         run.log_artifact(plot_confusion(confusion, parts.data.classes, png), "plots")
     log.info(
         "best epoch %d: val_acc %.4f  test_acc %.4f  test_loss %.4f",
         state.best_epoch, state.best_acc, test_acc, test_loss,
     )  # fmt: skip
-    return final
+    return {"best_val_acc": state.best_acc, **other, **test}
+
+
+def log_model(cfg: DictConfig, parts: Parts, state: FitState, run) -> str | None:
+    """The best weights (already loaded into parts.model) as the run's MLflow model."""
+    data, d = parts.data, cfg.dataset
+    channels_last = cfg.trainer.channels_last
+    module = logged_model.serving_module(parts.model, data.mean, data.std, channels_last)
+    metadata = {
+        "dataset": str(d.name), "classes": list(data.classes), "num_classes": len(data.classes),
+        "in_channels": int(d.in_channels), "image_size": int(d.image_size),
+        "input": "uint8 images, N x C x H x W, pixel values 0-255 (not normalised)",
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "best_epoch": state.best_epoch, "best_val_acc": state.best_acc, "run_id": run.run_id,
+    }  # fmt: skip
+    example = data.val.head(logged_model.EXAMPLE_SIZE)
+    params = flatten_config(cfg, launch_dir())
+    return logged_model.log_best_model(
+        cfg.tracking.uri, run, run.experiment_id, module, example, metadata, params,
+        step=state.best_epoch,
+    )  # fmt: skip
+
+
+def drop_resume_state(run, output_dir: Path) -> None:
+    """A run that FINISHED (or was pruned) is never resumed, so its last.pt, a full training
+    state (weights, optimizer, RNGs), goes from the store and from the job's folder."""
+    try:
+        run.delete_artifact("checkpoints/last.pt")
+    except Exception as e:  # the run itself is complete: a leftover file is only space
+        log.warning("could not remove checkpoints/last.pt of run %s: %s", run.run_id, e)
+    (output_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
 
 
 def evaluate_split(cfg: DictConfig, where: Where, parts: Parts, split) -> tuple:

@@ -71,6 +71,10 @@ class TrackingConfig:
     run_name: str | None = None
     source_run_id: str | None = None
     study_storage: str | None = None  # Optuna storage URL; null: sqlite beside a local store
+    log_model: bool = True  # the best checkpoint as an MLflow logged model (logged_model.py)
+    system_metrics: bool = False  # MLflow's system/* metrics, sampled every ..._interval s
+    system_metrics_interval: float = 10.0
+    keep_last_checkpoint: bool = False  # keep last.pt once a run has ended as intended
 
 
 @dataclass
@@ -80,6 +84,7 @@ class SweepConfig:
     seeds: int = 1  # > 1: every configuration with seeds trainer.seed, +1, ... (mean +- std)
     study: str | None = None  # set by the Optuna sweeper on each job: its study and trial
     trial: int | None = None
+    register_best: str | None = None  # a registered model name: the sweep's best run's model
 
 
 @dataclass
@@ -176,6 +181,7 @@ RANGE_CHECKS = [
     ("augmentation.alpha", lambda v: v > 0, "a number > 0 (the Beta(alpha, alpha) of the mix)"),
     ("augmentation.hflip_p", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("sweep.seeds", lambda v: v >= 1, "an integer >= 1 (seeds per configuration)"),
+    ("tracking.system_metrics_interval", lambda v: v > 0, "a number of seconds > 0"),
 ]
 
 

@@ -88,9 +88,7 @@ def optimized_values(metrics: dict, names: Any) -> float | list[float]:
     listed, wanted = is_listed(names), as_list(names)
     unknown = [n for n in wanted if n not in metrics]
     if unknown and metrics.get(PRUNED_TAG) is None:
-        per_class = ("test_precision_", "test_recall_", "test_f1_")
-        known = sorted(k for k, v in metrics.items()
-                       if isinstance(v, (int, float)) and not k.startswith(per_class))  # fmt: skip
+        known = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
         raise SearchError(f"optimized_metric {unknown} is not a metric of the run; one of {known}")
     values = [float(metrics.get(n, math.nan)) for n in wanted]
     return values if listed else values[0]

@@ -263,7 +263,7 @@ class PrepareStoreCallback(Callback):
         }
         swept = [o for o in redacted_overrides(config.hydra.overrides.task) if "," in o]
         name = "sweep " + (" ".join(swept) or sid)
-        self.uri = config.tracking.uri
+        self.uri, self.register = config.tracking.uri, config.sweep.register_best
         self.parent_id = open_parent(self.uri, experiment_id, sid, name, tags)
         self.sweep_dir = abspath(config.hydra.sweep.dir)
         os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = self.parent_id, sid
@@ -282,7 +282,7 @@ class PrepareStoreCallback(Callback):
         from sweeplab import report
 
         try:  # jobs that failed before their run existed have a FAILED run (runner.train)
-            rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir)
+            rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir, self.register)
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
             return

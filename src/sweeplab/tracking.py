@@ -89,16 +89,21 @@ class Run:
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + BATCH])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(
+        self, metrics: dict[str, float], step: int, model_id: str | None = None, dataset=None
+    ) -> None:
         """All values of one step in one batch, written by this run's own background thread
         (see __init__) so the training loop does not wait for the store; `flush()` waits for
-        them before the run ends."""
+        them before the run ends. `model_id` / `dataset` (an MLflow dataset entity) link the
+        values to a logged model and to the data they were computed on."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
+        items = [Metric(k, float(v), now, step, model_id=model_id, **on)
+                 for k, v in metrics.items()]  # fmt: skip
         for i in range(0, len(items), 1000):
             chunk = items[i : i + 1000]
             self.pending.append(self._writer.submit(self.client.log_batch, self.run_id, chunk))
@@ -121,6 +126,39 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_table(self, table: dict[str, list], artifact_file: str) -> None:
+        self.client.log_table(self.run_id, table, artifact_file)
+
+    def log_inputs(self, datasets: list) -> None:
+        self.client.log_inputs(self.run_id, datasets=datasets)
+
+    def delete_artifact(self, artifact_path: str) -> None:
+        """Remove one artifact from the run's artifact store (local folder or server)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        get_artifact_repository(uri).delete_artifacts(artifact_path)
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI (read by fluent calls such as `log_model` and
+    `load_model`) at `uri` for a block, then put back both it and $MLFLOW_TRACKING_URI, which
+    `set_tracking_uri` also writes (MLflow's own `_use_tracking_uri` would unset a user's)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(resolve_uri(uri))
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
 
 class NullRun:
     """Stands in for a Run where nothing may be logged (DDP ranks other than 0)."""
@@ -138,9 +176,12 @@ def tracked_run(
     run_name: str | None,
     tags: dict[str, str],
     resume_run_id: str | None = None,
+    system_metrics_interval: float | None = None,
 ) -> Iterator[Run]:
     """Create (or reopen, to resume) a run; end it FINISHED, or FAILED / KILLED with the
-    traceback logged, re-raising. A normal error never leaves it RUNNING."""
+    traceback logged, re-raising. A normal error never leaves it RUNNING. With
+    `system_metrics_interval` (seconds), MLflow's monitor logs CPU / memory / disk / network
+    (and GPU with nvidia-ml-py) as `system/*` metrics meanwhile."""
     store = client(uri)
     if resume_run_id is None:
         run = Run(store, store.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
@@ -148,6 +189,9 @@ def tracked_run(
         store.update_run(resume_run_id, status="RUNNING")
         run = Run(store, resume_run_id)
         run.set_tags({**tags, "sweeplab.resumed": "true"})
+    monitor = None
+    if system_metrics_interval:
+        monitor = system_monitor(uri, run.run_id, system_metrics_interval, resume_run_id)
     try:
         yield run
         run.flush()
@@ -159,12 +203,31 @@ def tracked_run(
             run.flush()
             run.set_tags(error_tag(e))
             run.log_text(traceback.format_exc(), "error/traceback.txt")
-        run.close()
-        store.set_terminated(run.run_id, status=status)
+        _end(run, monitor, status)
         log.error("run %s ended %s: %s: %s", run.run_id, status, type(e).__name__, e)
         raise
+    _end(run, monitor, run.end_status)
+
+
+def _end(run: Run, monitor, status: str) -> None:
     run.close()
-    store.set_terminated(run.run_id, status=run.end_status)
+    if monitor is not None:
+        monitor.finish()
+    run.client.set_terminated(run.run_id, status=status)
+
+
+def system_monitor(uri: str, run_id: str, interval: float, resumed: str | None):
+    """MLflow's own system-metrics monitor for a run we created by id (not a fluent run)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:  # psutil is a dependency of sweeplab; say so if it went missing
+        raise TrackingError(f"tracking.system_metrics=true needs psutil: {e}") from None
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval, resume_logging=resumed is not None,
+        tracking_uri=resolve_uri(uri),
+    )  # fmt: skip
+    monitor.start()
+    return monitor
 
 
 # --- tags: what a run says about itself ---------------------------------------------------------

@@ -1,0 +1,160 @@
+"""The best checkpoint as an MLflow 3 logged model, linked to its run, and how to load it back.
+
+The logged model takes raw images (uint8, N x C x H x W, pixel values as read from files) and
+returns logits: the dataset's normalisation and the memory layout the weights were trained in
+are part of it, so using it needs nothing from sweeplab, only torch and mlflow.
+
+Format: "pt2" (torch.export). It holds the traced graph and the weights, and loading it runs no
+pickled code; MLflow's other format, "pickle", executes whatever the file says on load and needs
+sweeplab's classes importable. The graph is exported from a CPU float32 copy of the bare module
+(never the DDP or torch.compile wrapper, which cannot be exported or loaded elsewhere), with a
+dynamic batch dimension. `checkpoints/best.pt` stays the source for resume and re-runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweeplab import tracking
+from sweeplab.errors import SweeplabError
+
+log = logging.getLogger("sweeplab")
+
+NAME = "model"  # the logged model's name (MLflow 3 shows it in the run's Model column)
+METADATA_KEY = "sweeplab"  # MLmodel metadata: what is needed to read images for the model
+EXAMPLE_SIZE = 2  # images in the input example (> 1, or export fixes the batch size to 1)
+
+
+class ModelLookupError(SweeplabError, LookupError):
+    """A model URI, run id or registered name that does not lead to a logged model."""
+
+
+class ImageClassifier(nn.Module):
+    """uint8 images -> logits: the trained network behind the dataset's normalisation."""
+
+    def __init__(
+        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], channels_last: bool
+    ):
+        super().__init__()
+        self.net, self.channels_last = net, channels_last
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # the same operations, in the same order, as training's augment.Normalize
+        x = (images.float() / 255 - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+def serving_module(model: nn.Module, mean, std, channels_last: bool) -> ImageClassifier:
+    """A CPU float32 eval-mode copy of the bare model behind its normalisation. Its weights are
+    stored contiguous (torch.export saves channels-last weights only with a warning); inputs
+    are still made channels-last when training used that, so the same kernels run."""
+    net = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    net.eval()
+    return ImageClassifier(net, mean, std, channels_last).eval()
+
+
+def signature(in_channels: int, image_size: int, num_classes: int):
+    """Tensor in (uint8 N x C x H x W), tensor out (float32 logits N x classes)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    images = TensorSpec(np.dtype(np.uint8), (-1, in_channels, image_size, image_size))
+    logits = TensorSpec(np.dtype(np.float32), (-1, num_classes))
+    return ModelSignature(inputs=Schema([images]), outputs=Schema([logits]))
+
+
+def pip_requirements() -> list[str]:
+    """What loading a pt2 model needs: torch (mlflow adds itself). The local version label
+    (+cu130) is dropped so the pin installs from PyPI."""
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def log_best_model(
+    uri: str,
+    run,
+    experiment_id: str,
+    module: ImageClassifier,
+    example: torch.Tensor,
+    metadata: dict[str, Any],
+    params: dict[str, str],
+    step: int,
+) -> str | None:
+    """Log `module` as the run's logged model (linked to the run at `step`, the best epoch,
+    whose epoch metrics it takes); returns its model id. A model that cannot be exported is
+    marked FAILED with a warning: the training it came from stands (best.pt is kept)."""
+    import mlflow.pytorch
+
+    client = run.client
+    model = client.create_logged_model(
+        experiment_id, name=NAME, source_run_id=run.run_id, params=params,
+        model_type="image-classifier",
+    )  # fmt: skip
+    c, size = example.shape[1], example.shape[-1]
+    num_classes = int(metadata["num_classes"])
+    run.flush()  # the best epoch's metrics are in the store, so log_model links them
+    try:
+        with tracking.fluent_uri(uri):
+            mlflow.pytorch.log_model(
+                module, name=NAME, model_id=model.model_id, run_id=run.run_id, step=step,
+                input_example=example.cpu().numpy(), signature=signature(c, size, num_classes),
+                pip_requirements=pip_requirements(), metadata={METADATA_KEY: metadata},
+                serialization_format="pt2", validate_serving_input=False,
+            )  # fmt: skip
+    except Exception as e:
+        client.finalize_logged_model(model.model_id, "FAILED")
+        run.set_tags({"sweeplab.model_error": f"{type(e).__name__}: {e}"[:500]})
+        log.warning("could not log the best model as an MLflow model: %s: %s", type(e).__name__, e)
+        return None
+    return model.model_id
+
+
+# --- finding and loading a logged model ------------------------------------------------------
+
+
+def model_uri(client, target: str) -> str:
+    """`models:/...` as given; a run id -> the model that run logged (`models:/<model id>`)."""
+    from mlflow.exceptions import MlflowException
+
+    if target.startswith("models:/"):
+        return target
+    try:
+        run = client.get_run(target)
+    except MlflowException:
+        raise ModelLookupError(
+            f"{target!r} is neither a model URI (models:/NAME@best, models:/NAME/VERSION, "
+            "models:/<model id>) nor a run id in this tracking store"
+        ) from None
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise ModelLookupError(
+            f"run {target} logged no model (trained with tracking.log_model=false, pruned by a "
+            "search, or by a sweeplab before MLflow models)"
+        )
+    return f"models:/{outputs[-1].model_id}"
+
+
+def load(uri: str, tracking_uri: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model, its sweeplab metadata) through MLflow."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import get_model_info
+
+    with tracking.fluent_uri(tracking_uri):
+        try:
+            meta = (get_model_info(uri).metadata or {}).get(METADATA_KEY)
+            if meta is None:
+                raise ModelLookupError(f"{uri} was not logged by sweeplab (no image metadata)")
+            return mlflow.pytorch.load_model(uri), meta
+        except MlflowException as e:
+            raise ModelLookupError(f"{uri}: {str(e).splitlines()[0]}") from None
