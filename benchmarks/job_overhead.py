@@ -1,6 +1,6 @@
 """Fixed cost per job inside a sweep, and tracking cost per logged metric value.
 
-    python benchmarks/job_overhead.py [--jobs 4] [--epochs 2]
+    python benchmarks/job_overhead.py [--jobs 4] [--epochs 2] [override ...]
 
 1. Runs `--jobs` jobs in one process, as Hydra's basic launcher does, on a small synthetic
    CIFAR-shaped set, against a fresh sqlite store. Per job: wall time of `train(cfg)` minus the
@@ -31,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("overrides", nargs="*", help="extra overrides, e.g. tracking.log_model=false")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sweeplab-bench-"))
     overhead = []
@@ -39,6 +40,7 @@ def main() -> None:
             "dataset=synthetic", "dataset.num_train=1000", "dataset.num_test=500",
             f"trainer.epochs={args.epochs}", "trainer.device=cpu", f"trainer.seed={i}",
             f"tracking.root={root}", "tracking.experiment=bench", f"output_dir={root}/job{i}",
+            *args.overrides,
         ])  # fmt: skip
         start = time.perf_counter()
         result = train(cfg)

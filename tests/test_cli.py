@@ -56,7 +56,7 @@ def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_swee
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
         paths = {a.path for d in ("checkpoints", "plots", "hydra")
                  for a in client.list_artifacts(r.info.run_id, d)}  # fmt: skip
-        assert {"checkpoints/best.pt", "plots/curves.png", "plots/confusion_matrix.png",
+        assert {"checkpoints/best.pt", "plots/confusion_matrix.png",
                 "hydra/config.yaml", "hydra/overrides.yaml"} <= paths  # fmt: skip
         assert r.data.tags["hydra.output_dir"].startswith("outputs/multiruns/")
         # artifacts live under the launch directory's mlruns/, not in a job directory

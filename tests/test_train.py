@@ -71,10 +71,10 @@ def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
     for name in ("train_loss", "val_acc", "lr"):
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert steps == [1, 2, 3], name
-    artifacts = {a.path for d in ("", "checkpoints", "hydra", "plots")
+    artifacts = {a.path for d in ("", "checkpoints", "hydra", "plots", "metrics")
                  for a in client.list_artifacts(run_id, d or None)}  # fmt: skip
     assert {"checkpoints/best.pt", "hydra/config.yaml", "hydra/overrides.yaml",
-            "plots/confusion_matrix.png", "plots/curves.png"} <= artifacts  # fmt: skip
+            "plots/confusion_matrix.png", "metrics/test_per_class.json"} <= artifacts  # fmt: skip
     tags = client.get_run(run_id).data.tags
     assert tags["sweeplab.reproduce_run"] == f"sweeplab-rerun {run_id}"
     assert "git.commit" in tags and tags["git.dirty"] in ("true", "false")

@@ -10,8 +10,10 @@ profile and no view settings, and does what README's "first five minutes" tells 
 2. "Columns": tick best_val_acc and test_acc (a fresh browser shows no metric columns);
 3. expand the sweep's row (its jobs are nested under it); close the Assistant panel.
 
-Then the jobs' names and their best_val_acc / test_acc values must be in view. Refresh
-README's screenshot with:
+Then the jobs' names and their best_val_acc / test_acc values must be in view, and their
+Dataset (the training split, by name and digest) and Models (the logged model) cells filled.
+Clicking a job's model opens its page in a new tab: it must list the final metrics linked to
+the model, each with the dataset it was computed on. Refresh README's screenshot with:
 
     SWEEPLAB_UI_SCREENSHOT=docs/mlflow_ui.png SWEEPLAB_DATA_DIR=../shared/data \\
         pytest tests/test_ui.py
@@ -55,6 +57,20 @@ def in_view(locator) -> None:
 def js_number(value: float) -> str:
     """How the UI prints a metric (JavaScript's Number#toString) for values like accuracies."""
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+def row_of(page, run):
+    """A run's row in the runs table. The grid draws a row in two parts (pinned name,
+    scrolling cells) with the same aria-rowindex."""
+    link = page.get_by_role("link", name=run.info.run_name, exact=True)
+    index = page.get_by_role("row").filter(has=link).get_attribute("aria-rowindex")
+    return page.locator(f'[role=row][aria-rowindex="{index}"]')
+
+
+def digest_of(run, context: str) -> str:
+    """The digest of the run's train / val / test dataset input."""
+    return next(d.dataset.digest for d in run.inputs.dataset_inputs
+                if d.tags[0].value == context)  # fmt: skip
 
 
 def run_sweep(cwd: Path, store: Path) -> None:
@@ -102,18 +118,29 @@ def test_a_user_finds_the_sweeps_runs_and_metrics_from_the_plain_experiment_url(
             sweep_row.locator("button").first.click()  # 3. expand the sweep
             page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click()
             for run in jobs:
-                link = page.get_by_role("link", name=run.info.run_name, exact=True)
-                in_view(link)
-                name = page.get_by_role("row").filter(has=link)
-                # the grid draws a row in two parts (pinned name, scrolling cells): same index
-                row = page.locator(
-                    f'[role=row][aria-rowindex="{name.get_attribute("aria-rowindex")}"]'
-                )
+                in_view(page.get_by_role("link", name=run.info.run_name, exact=True))
+                row = row_of(page, run)
                 for metric in METRICS:
                     in_view(page.get_by_role("columnheader").filter(has_text=metric).first)
                     in_view(row.get_by_text(js_number(run.data.metrics[metric]), exact=True))
+                in_view(row.get_by_text(f"synthetic ({digest_of(run, 'train')})", exact=True))
+                in_view(row.get_by_role("link", name="simple_cnn", exact=True))
             shot = tmp_path / "mlflow_ui.png"
             page.screenshot(path=str(shot))
+
+            # a job's model: its page lists the metrics linked to it, with their datasets
+            run = jobs[0]
+            with page.context.expect_page() as opened:
+                row_of(page, run).get_by_role("link", name="simple_cnn", exact=True).click()
+            model_page = opened.value
+            model_page.set_default_timeout(TIMEOUT_MS)
+            model_page.get_by_text("Metrics (8)").wait_for()
+            metric = model_page.get_by_role("row").filter(
+                has=model_page.get_by_text("test_acc", exact=True)
+            )
+            in_view(metric.get_by_text(js_number(run.data.metrics["test_acc"]), exact=True))
+            in_view(metric.get_by_text(f"synthetic (#{digest_of(run, 'test')}", exact=False))
+            model_page.screenshot(path=str(tmp_path / "model_page.png"))
             browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("SWEEPLAB_UI_SCREENSHOT"):

@@ -26,7 +26,6 @@ from sweeplab.errors import SweeplabError
 
 log = logging.getLogger("sweeplab")
 
-NAME = "model"  # the logged model's name (MLflow 3 shows it in the run's Model column)
 METADATA_KEY = "sweeplab"  # MLmodel metadata: what is needed to read images for the model
 EXAMPLE_SIZE = 2  # images in the input example (> 1, or export fixes the batch size to 1)
 
@@ -83,6 +82,7 @@ def pip_requirements() -> list[str]:
 def log_best_model(
     uri: str,
     run,
+    name: str,
     experiment_id: str,
     module: ImageClassifier,
     example: torch.Tensor,
@@ -90,27 +90,30 @@ def log_best_model(
     params: dict[str, str],
     step: int,
 ) -> str | None:
-    """Log `module` as the run's logged model (linked to the run at `step`, the best epoch,
-    whose epoch metrics it takes); returns its model id. A model that cannot be exported is
-    marked FAILED with a warning: the training it came from stands (best.pt is kept)."""
+    """Log `module` as the run's logged model, an output of the run at `step` (the best
+    epoch); returns its model id. The caller links the final metrics to it (MLflow's own
+    linking would also attach every epoch metric of that step). A model that cannot be
+    exported is marked FAILED with a warning: the training it came from stands."""
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelOutput
 
     client = run.client
+    # created here, not by log_model: it would take the process's active experiment
     model = client.create_logged_model(
-        experiment_id, name=NAME, source_run_id=run.run_id, params=params,
+        experiment_id, name=name, source_run_id=run.run_id, params=params,
         model_type="image-classifier",
     )  # fmt: skip
     c, size = example.shape[1], example.shape[-1]
     num_classes = int(metadata["num_classes"])
-    run.flush()  # the best epoch's metrics are in the store, so log_model links them
     try:
         with tracking.fluent_uri(uri):
             mlflow.pytorch.log_model(
-                module, name=NAME, model_id=model.model_id, run_id=run.run_id, step=step,
+                module, name=name, model_id=model.model_id,
                 input_example=example.cpu().numpy(), signature=signature(c, size, num_classes),
                 pip_requirements=pip_requirements(), metadata={METADATA_KEY: metadata},
                 serialization_format="pt2", validate_serving_input=False,
             )  # fmt: skip
+        client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step)])
     except Exception as e:
         client.finalize_logged_model(model.model_id, "FAILED")
         run.set_tags({"sweeplab.model_error": f"{type(e).__name__}: {e}"[:500]})

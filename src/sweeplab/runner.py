@@ -34,7 +34,7 @@ from sweeplab.device import resolve_device, seed_everything
 from sweeplab.errors import SweeplabError
 from sweeplab.identity import config_hash
 from sweeplab.loop import Progress, evaluate, train_epoch
-from sweeplab.metrics import macro_metrics, per_class_table, plot_confusion, plot_curves
+from sweeplab.metrics import macro_metrics, per_class_table, plot_confusion
 from sweeplab.optim import build_optimizer
 from sweeplab.params import flatten_config, write_config_files
 from sweeplab.resume import load_resume_state, sigterm_exits
@@ -83,16 +83,11 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     state = FitState.start(parts, resumed)
     trial = TrialReporter.for_job(cfg)  # an Optuna search's job: report epochs, maybe prune
     with sigterm_exits(), open_run(cfg, where, plan, chash, parts, resumed) as run:
-        try:
-            fit(cfg, where, parts, state, run, chash, trial)
-            if trial.pruned_epoch is None:
-                final = score_test_set(cfg, where, parts, state, run)
-            else:
-                final = end_pruned(state, run, trial.pruned_epoch)
-        finally:  # whatever happened, keep the curves of what was learned
-            if state.history and where.ranks.is_main:
-                curves = plot_curves(state.history, output_dir / "plots" / "curves.png")
-                run.log_artifact(curves, "plots")
+        fit(cfg, where, parts, state, run, chash, trial)
+        if trial.pruned_epoch is None:
+            final = score_test_set(cfg, where, parts, state, run)
+        else:
+            final = end_pruned(state, run, trial.pruned_epoch)
     if where.ranks.is_main and not cfg.tracking.keep_last_checkpoint:
         drop_resume_state(run, output_dir)  # ended as intended: it will never be resumed
     distributed.cleanup(where.ranks)
@@ -377,8 +372,9 @@ def log_model(cfg: DictConfig, parts: Parts, state: FitState, run) -> str | None
     }  # fmt: skip
     example = data.val.head(logged_model.EXAMPLE_SIZE)
     params = flatten_config(cfg, launch_dir())
+    name = str(cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1])  # the UI's label
     return logged_model.log_best_model(
-        cfg.tracking.uri, run, run.experiment_id, module, example, metadata, params,
+        cfg.tracking.uri, run, name, run.experiment_id, module, example, metadata, params,
         step=state.best_epoch,
     )  # fmt: skip
 
