@@ -212,6 +212,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.device={device!r} is invalid: expected auto, cpu, cuda, cuda:N or mps"
         )
+    if cfg.sweep.register_best and not cfg.tracking.log_model:
+        raise ConfigError(
+            f"sweep.register_best={cfg.sweep.register_best} registers the best run's logged "
+            "model, but tracking.log_model=false logs none: drop one of the two"
+        )
 
 
 def _missing_keys(node: DictConfig | ListConfig) -> list[str]:
