@@ -83,7 +83,6 @@ def log_best_model(
     uri: str,
     run,
     name: str,
-    experiment_id: str,
     module: ImageClassifier,
     example: torch.Tensor,
     metadata: dict[str, Any],
@@ -100,7 +99,7 @@ def log_best_model(
     client = run.client
     # created here, not by log_model: it would take the process's active experiment
     model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run.run_id, params=params,
+        run.experiment_id, name=name, source_run_id=run.run_id, params=params,
         model_type="image-classifier",
     )  # fmt: skip
     c, size = example.shape[1], example.shape[-1]
@@ -120,6 +119,30 @@ def log_best_model(
         log.warning("could not log the best model as an MLflow model: %s: %s", type(e).__name__, e)
         return None
     return model.model_id
+
+
+def log_run_model(cfg, model: nn.Module, data, best_epoch: int, best_acc: float, run) -> str | None:
+    """The best weights (in `model`) of a training run as its MLflow model; the metadata says
+    how to feed it and how it was made."""
+    from omegaconf import OmegaConf
+
+    from sweeplab.params import flatten_config
+    from sweeplab.schema import launch_dir
+
+    d = cfg.dataset
+    module = serving_module(model, data.mean, data.std, cfg.trainer.channels_last)
+    metadata = {
+        "dataset": str(d.name), "classes": list(data.classes), "num_classes": len(data.classes),
+        "in_channels": int(d.in_channels), "image_size": int(d.image_size),
+        "input": "uint8 images, N x C x H x W, pixel values 0-255 (not normalised)",
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "best_epoch": best_epoch, "best_val_acc": best_acc, "run_id": run.run_id,
+    }  # fmt: skip
+    name = str(cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1])  # the UI's label
+    return log_best_model(
+        cfg.tracking.uri, run, name, module, data.val.head(EXAMPLE_SIZE), metadata,
+        flatten_config(cfg, launch_dir()), step=best_epoch,
+    )  # fmt: skip
 
 
 # --- finding and loading a logged model ------------------------------------------------------

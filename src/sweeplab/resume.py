@@ -1,8 +1,10 @@
-"""Resume: where to pick an interrupted run up (a last.pt file or a run id), and SIGTERM."""
+"""Resume: where to pick an interrupted run up (a last.pt file or a run id), when its resume
+state can go (the run ended as intended), and SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import signal
 import threading
@@ -11,6 +13,8 @@ from typing import Any
 
 from sweeplab.checkpoint import CheckpointError, load_checkpoint
 from sweeplab.schema import ConfigError
+
+log = logging.getLogger("sweeplab")
 
 
 def load_resume_state(resume: str, uri: str, output_dir: Path, expected_hash: str) -> dict:
@@ -37,6 +41,16 @@ def load_resume_state(resume: str, uri: str, output_dir: Path, expected_hash: st
             "overrides (the run's tag sweeplab.overrides) plus trainer.resume"
         )
     return state
+
+
+def drop_resume_state(run, output_dir: Path) -> None:
+    """A run that FINISHED (or was pruned) is never resumed, so its last.pt, a full training
+    state (weights, optimizer, RNGs), goes from the store and from the job's folder."""
+    try:
+        run.delete_artifact("checkpoints/last.pt")
+    except Exception as e:  # the run itself is complete: a leftover file is only space
+        log.warning("could not remove checkpoints/last.pt of run %s: %s", run.run_id, e)
+    (output_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
 
 
 def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from sweeplab.loop import Progress, evaluate, train_epoch
 from sweeplab.metrics import macro_metrics, per_class_table, plot_confusion
 from sweeplab.optim import build_optimizer
 from sweeplab.params import flatten_config, write_config_files
-from sweeplab.resume import load_resume_state, sigterm_exits
+from sweeplab.resume import drop_resume_state, load_resume_state, sigterm_exits
 from sweeplab.schema import ConfigError, in_multirun, launch_dir, option, validate
 from sweeplab.search import TrialReporter
 from sweeplab.sweep import Plan, job_placement, plan_for
@@ -89,7 +89,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         else:
             final = end_pruned(state, run, trial.pruned_epoch)
     if where.ranks.is_main and not cfg.tracking.keep_last_checkpoint:
-        drop_resume_state(run, output_dir)  # ended as intended: it will never be resumed
+        drop_resume_state(run, output_dir)  # ended as intended: never resumed
     distributed.cleanup(where.ranks)
     return {**final, "run_id": run.run_id, "history": state.history}
 
@@ -232,7 +232,6 @@ def open_run(cfg: DictConfig, where: Where, plan: Plan, chash: str, parts: Parts
     interval = t.system_metrics_interval if t.system_metrics else None
     with tracking.tracked_run(t.uri, experiment_id, name, tags, resume_id, interval) as run:
         log.info("MLflow run %s (experiment %r)", run.run_id, t.experiment)
-        run.experiment_id = experiment_id
         if resumed is None:
             run.log_params(flatten_config(cfg, launch_dir()))
             run.log_inputs(lineage.dataset_inputs(parts.datasets))
@@ -343,7 +342,10 @@ def score_test_set(cfg: DictConfig, where: Where, parts: Parts, state: FitState,
     test = {"test_loss": test_loss, "test_acc": test_acc, **macro_metrics(per_class)}
     other = {"best_epoch": state.best_epoch, "train_time_s": _train_time(state)}
     if where.ranks.is_main:
-        model_id = log_model(cfg, parts, state, run) if cfg.tracking.log_model else None
+        model_id = None
+        if cfg.tracking.log_model:  # parts.model holds the best weights now
+            model_id = logged_model.log_run_model(cfg, parts.model, parts.data, state.best_epoch,
+                                                  state.best_acc, run)  # fmt: skip
         step, datasets = state.best_epoch, parts.datasets
         run.log_metrics({"best_val_acc": state.best_acc}, step, model_id, datasets["val"])
         run.log_metrics(test, step, model_id, datasets["test"])
@@ -356,37 +358,6 @@ def score_test_set(cfg: DictConfig, where: Where, parts: Parts, state: FitState,
         state.best_epoch, state.best_acc, test_acc, test_loss,
     )  # fmt: skip
     return {"best_val_acc": state.best_acc, **other, **test}
-
-
-def log_model(cfg: DictConfig, parts: Parts, state: FitState, run) -> str | None:
-    """The best weights (already loaded into parts.model) as the run's MLflow model."""
-    data, d = parts.data, cfg.dataset
-    channels_last = cfg.trainer.channels_last
-    module = logged_model.serving_module(parts.model, data.mean, data.std, channels_last)
-    metadata = {
-        "dataset": str(d.name), "classes": list(data.classes), "num_classes": len(data.classes),
-        "in_channels": int(d.in_channels), "image_size": int(d.image_size),
-        "input": "uint8 images, N x C x H x W, pixel values 0-255 (not normalised)",
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "best_epoch": state.best_epoch, "best_val_acc": state.best_acc, "run_id": run.run_id,
-    }  # fmt: skip
-    example = data.val.head(logged_model.EXAMPLE_SIZE)
-    params = flatten_config(cfg, launch_dir())
-    name = str(cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1])  # the UI's label
-    return logged_model.log_best_model(
-        cfg.tracking.uri, run, name, run.experiment_id, module, example, metadata, params,
-        step=state.best_epoch,
-    )  # fmt: skip
-
-
-def drop_resume_state(run, output_dir: Path) -> None:
-    """A run that FINISHED (or was pruned) is never resumed, so its last.pt, a full training
-    state (weights, optimizer, RNGs), goes from the store and from the job's folder."""
-    try:
-        run.delete_artifact("checkpoints/last.pt")
-    except Exception as e:  # the run itself is complete: a leftover file is only space
-        log.warning("could not remove checkpoints/last.pt of run %s: %s", run.run_id, e)
-    (output_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
 
 
 def evaluate_split(cfg: DictConfig, where: Where, parts: Parts, split) -> tuple:

@@ -65,8 +65,8 @@ def default_uri() -> str:
 class Run:
     """One MLflow run, addressed by id: everything a training job logs goes through here."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, experiment_id: str | None = None):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         # Metric writes go through one background thread (in order), so the training loop never
         # waits for the store. (MLflow's own synchronous=False costs ~0.5 s per run at
         # set_terminated: its logger thread is joined while it polls a queue every second.)
@@ -184,10 +184,11 @@ def tracked_run(
     (and GPU with nvidia-ml-py) as `system/*` metrics meanwhile."""
     store = client(uri)
     if resume_run_id is None:
-        run = Run(store, store.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id)
+        created = store.create_run(experiment_id, run_name=run_name, tags=tags)
+        run = Run(store, created.info.run_id, experiment_id)
     else:
         store.update_run(resume_run_id, status="RUNNING")
-        run = Run(store, resume_run_id)
+        run = Run(store, resume_run_id, experiment_id)
         run.set_tags({**tags, "sweeplab.resumed": "true"})
     monitor = None
     if system_metrics_interval:
