@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_reliability import client_for
 
 from conftest import TRAIN_SCRIPT, job_runs
-from sweeplab import train
+from sweeplab import logged_model, train
 
 # lenet has no BatchNorm and augmentation=none: a 2-rank run then computes the same global
 # gradients as one process with the same global batch, up to float rounding.
@@ -25,6 +26,17 @@ def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+def assert_bare_model_logged(client, run_id: str, uri: str) -> None:
+    """The run's logged model is the bare module: no DDP (`module.`) or torch.compile
+    (`_orig_mod.`) wrapper in its weights' names, and it runs on the CPU."""
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    model, meta = logged_model.load(f"models:/{output.model_id}", uri)
+    names = list(model.state_dict())
+    assert names and not any("module." in k or "_orig_mod" in k for k in names), names
+    c, size = meta["in_channels"], meta["image_size"]
+    assert model(torch.zeros(3, c, size, size, dtype=torch.uint8)).shape == (3, 10)
 
 
 def history(client, run_id: str, key: str) -> list[float]:
@@ -57,6 +69,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         assert got.data.metrics[key] == pytest.approx(ref.data.metrics[key], abs=0.011), key
     checkpoints = sorted(p.name for p in (ddp / "outputs").rglob("*.pt"))
     assert checkpoints == ["best.pt"]  # rank 0 only (last.pt is removed once FINISHED)
+    assert_bare_model_logged(client, got.info.run_id, f"sqlite:///{ddp}/mlruns/mlflow.db")
 
 
 def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
@@ -80,9 +93,9 @@ def test_channels_last_gives_the_same_training(small_cfg):
 @pytest.mark.slow
 def test_compiled_model_trains_and_reports_its_compile_time(small_cfg, client):
     eager = train(small_cfg("model=lenet", "augmentation=none", "trainer.epochs=2"))
-    compiled = train(
-        small_cfg("model=lenet", "augmentation=none", "trainer.epochs=2", "trainer.compile=true")
-    )
+    cfg = small_cfg("model=lenet", "augmentation=none", "trainer.epochs=2", "trainer.compile=true")
+    compiled = train(cfg)
+    assert_bare_model_logged(client, compiled["run_id"], cfg.tracking.uri)
     metrics = client.get_run(compiled["run_id"]).data.metrics
     assert metrics["compile_time_s"] > 0
     for a, b in zip(eager["history"], compiled["history"], strict=True):

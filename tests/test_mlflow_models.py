@@ -276,7 +276,7 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
         [client.get_experiment_by_name("mnist").experiment_id], "tags.`sweeplab.role` = 'sweep'"
     )[0]
     best = client.get_run(parent.data.tags["sweeplab.best_run_id"])
-    assert version.version == "1" and version.run_id == best.info.run_id
+    assert str(version.version) == "1" and version.run_id == best.info.run_id
     assert version.tags["sweeplab.sweep_id"] == parent.data.tags["sweeplab.sweep_id"]
     assert version.tags["sweeplab.reproduce"] == best.data.tags["sweeplab.reproduce"]
     source = json.loads(inputs_by_context(best)["test"].source)
@@ -302,7 +302,7 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
     # the report registers again on demand: version 2, the alias moves to it
     assert report_main([parent.data.tags["sweeplab.sweep_id"], "--register", "digits",
                         "--tracking-uri", uri]) == 0  # fmt: skip
-    assert client.get_model_version_by_alias("digits", "best").version == "2"
+    assert str(client.get_model_version_by_alias("digits", "best").version) == "2"
 
     # README's `mlflow models predict` on the model's own serving example: the model's logits
     serving = tmp_path / "serving"

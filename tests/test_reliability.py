@@ -217,7 +217,9 @@ def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert [a.path for a in client.list_artifacts(cut.info.run_id, "checkpoints")] == [
         "checkpoints/best.pt"
     ]
-    assert not list(cut_dir.rglob("last.pt")) and not list(ref_dir.rglob("last.pt"))
+    assert not list(ref_dir.rglob("last.pt"))
+    resumed_dir = cut_dir / final.data.tags["hydra.output_dir"]  # the resuming launch's folder
+    assert [p.name for p in resumed_dir.rglob("*.pt")] == ["best.pt"]
 
 
 def test_7_resume_refuses_a_checkpoint_of_another_config(small_cfg, tmp_path):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,22 +69,23 @@ def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any
     if run.info.status == "FINISHED":
         raise ConfigError(f"trainer.resume={run_id}: that run already FINISHED; nothing to resume")
     ckpt_dir = output_dir / "checkpoints"
-    try:
-        path = client.download_artifacts(run_id, "checkpoints/last.pt", str(output_dir))
-    except (MlflowException, OSError):
-        raise CheckpointError(
-            f"trainer.resume={run_id}: the run has no checkpoints/last.pt (it stopped before "
-            "finishing its first epoch); start it again instead"
-        ) from None
-    try:  # the best model so far: needed if no later epoch beats it
-        best = client.download_artifacts(run_id, "checkpoints/best.pt", str(output_dir))
-    except (MlflowException, OSError):
-        raise CheckpointError(
-            f"trainer.resume={run_id}: the run has no checkpoints/best.pt"
-        ) from None
-    if Path(best).resolve() != (ckpt_dir / "best.pt").resolve():
+    # downloaded beside the job's folder and read into memory: the job writes its own last.pt
+    with tempfile.TemporaryDirectory(prefix=".resume-", dir=output_dir) as tmp:
+        try:
+            path = client.download_artifacts(run_id, "checkpoints/last.pt", tmp)
+        except (MlflowException, OSError):
+            raise CheckpointError(
+                f"trainer.resume={run_id}: the run has no checkpoints/last.pt (it stopped before "
+                "finishing its first epoch); start it again instead"
+            ) from None
+        try:  # the best model so far: needed if no later epoch beats it
+            best = client.download_artifacts(run_id, "checkpoints/best.pt", tmp)
+        except (MlflowException, OSError):
+            raise CheckpointError(
+                f"trainer.resume={run_id}: the run has no checkpoints/best.pt"
+            ) from None
         shutil.move(best, ckpt_dir / "best.pt")
-    return load_checkpoint(path)
+        return load_checkpoint(path)
 
 
 @contextlib.contextmanager
