@@ -104,6 +104,13 @@ def test_parallel_sweep_logs_into_server_on_postgres(uri_from, mlflow_server, po
         checkpoint = torch.load(best, weights_only=True)
         assert checkpoint["val_acc"] == pytest.approx(run.data.metrics["best_val_acc"])
         assert checkpoint["model"]  # a non-empty state_dict
+        # the logged model went through the server too, and the resume state is gone from it
+        (output,) = run.outputs.model_outputs
+        assert client.get_logged_model(output.model_id).status == "READY"
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
+            "checkpoints/best.pt"
+        ]
+        assert len(run.inputs.dataset_inputs) == 3
 
     # The runs really are rows in PostgreSQL, with one val_acc row per epoch in `metrics`.
     ids = {r.info.run_id for r in runs}
