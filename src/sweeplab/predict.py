@@ -47,16 +47,19 @@ def image_files(paths: list[str]) -> list[Path]:
     return found
 
 
-def read_image(path: Path, in_channels: int, image_size: int) -> torch.Tensor:
-    """uint8 C x H x W, with the model's channels and size."""
+def image_reader(in_channels: int, image_size: int):
+    """path -> uint8 C x H x W tensor with the model's channels and size."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms import v2
 
     mode = ImageReadMode.GRAY if in_channels == 1 else ImageReadMode.RGB
-    image = decode_image(str(path), mode=mode)
-    if image.shape[-2:] != (image_size, image_size):
-        image = v2.Compose(fit_to_size(image_size))(image)
-    return image
+    fit = v2.Compose(fit_to_size(image_size))
+
+    def read(path: Path) -> torch.Tensor:
+        image = decode_image(str(path), mode=mode)
+        return image if image.shape[-2:] == (image_size, image_size) else fit(image)
+
+    return read
 
 
 def predict(
@@ -64,12 +67,13 @@ def predict(
 ) -> Iterator[tuple[Path, str | None, float | str]]:
     """(file, predicted class, its probability) per file; (file, None, error) for a file that
     cannot be read, and the rest go on."""
-    classes, c, size = meta["classes"], int(meta["in_channels"]), int(meta["image_size"])
+    classes = meta["classes"]
+    read = image_reader(int(meta["in_channels"]), int(meta["image_size"]))
     for start in range(0, len(files), batch_size):
         batch, images = [], []
         for path in files[start : start + batch_size]:
             try:
-                images.append(read_image(path, c, size))
+                images.append(read(path))
                 batch.append(path)
             except (RuntimeError, OSError, ValueError) as e:
                 yield path, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
