@@ -137,7 +137,9 @@ class Run:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         uri = self.client.get_run(self.run_id).info.artifact_uri
-        get_artifact_repository(uri).delete_artifacts(artifact_path)
+        # mlflow-artifacts:/ URIs name no host: the server is this client's tracking URI
+        repo = get_artifact_repository(uri, tracking_uri=self.client.tracking_uri)
+        repo.delete_artifacts(artifact_path)
 
 
 @contextlib.contextmanager
