@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import TRAIN_SCRIPT, per_class
-from sweeplab import logged_model, predict, runner, train
+from sweeplab import lineage, logged_model, predict, runner, train
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import load_checkpoint
 from sweeplab.metrics import macro_metrics, per_class_table
@@ -243,6 +243,41 @@ def test_predict_reads_files_and_folders_like_the_model_was_trained(small_cfg, t
         i = written[row["file"]]
         assert row["class"] == data.classes[probs[i].argmax()]
         assert float(row["probability"]) == pytest.approx(probs[i].max().item(), abs=1e-6)
+
+
+def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_training_did(
+    small_cfg, client, image_folder, tmp_path
+):
+    cfg = small_cfg("dataset=imagefolder", f"dataset.root={image_folder}", "dataset.in_channels=1",
+                    "dataset.mean=[0.13]", "dataset.std=[0.31]", "dataset.image_size=28",
+                    "dataset.num_workers=0", "optimizer=adam")  # fmt: skip
+    result = train(cfg)
+    splits = inputs_by_context(client.get_run(result["run_id"]))
+    val_source = json.loads(splits["val"].source)["uri"]
+    assert splits["val"].source_type == "local" and val_source.endswith("digits/val")
+    assert not os.path.isabs(val_source)  # relative to the launch directory
+    assert json.loads(splits["val"].profile)["num_images"] == 24
+
+    # predict on the val folder: the very pixels training evaluated, so the same predictions
+    out = tmp_path / "val.csv"
+    args = [result["run_id"], str(image_folder / "val"), "--out", str(out),
+            "--tracking-uri", cfg.tracking.uri]  # fmt: skip
+    assert predict.main(args) == 0
+    with out.open() as f:
+        predicted = {r["file"]: r["class"] for r in csv.DictReader(f)}
+    val = splits_of(cfg).val.dataset  # the ImageFolder training read val/ through
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    loaded, _ = logged_model.load(logged_model.model_uri(client_for(cfg), result["run_id"]),
+                                  cfg.tracking.uri)  # fmt: skip
+    with torch.no_grad():
+        expected = loaded(images).argmax(1)
+    paths = [path for path, _ in val.samples]
+    assert predicted == {p: val.classes[k] for p, k in zip(paths, expected, strict=True)}
+
+    # the digest follows the files: renaming one changes it
+    first = sorted((image_folder / "val" / "digit0").glob("*.png"))[0]
+    first.rename(first.with_name("renamed.png"))
+    assert lineage.digest(splits_of(cfg).val, cfg.dataset.root) != splits["val"].digest
 
 
 def client_for(cfg):

@@ -327,13 +327,34 @@ def synthetic_dataset(
 # --- image folders -------------------------------------------------------------------------
 
 
-def _read_image_folders(base: Path, transform) -> tuple[Path, Any, dict[str, Any]]:
+class ImageFile:
+    """How an image file becomes a model's input, in training (image folders) and in
+    `sweeplab-predict`: decoded by PIL into the dataset's channels, its short side resized to
+    `image_size` and centre-cropped square; uint8 C x H x W. (PIL's "L" keeps a grey file's
+    values exactly; torchvision's Grayscale of the RGB image rounds some of them down by 1.)"""
+
+    def __init__(self, in_channels: int, image_size: int):
+        from torchvision.transforms import v2
+
+        self.mode, self.size = ("L" if in_channels == 1 else "RGB"), image_size
+        self.fit = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        with Image.open(path) as image:
+            x = pil_to_tensor(image.convert(self.mode))
+        return x if x.shape[-2:] == (self.size, self.size) else self.fit(x)
+
+
+def _read_image_folders(base: Path, read_file: ImageFile) -> tuple[Path, Any, dict[str, Any]]:
     """(train folder, its ImageFolder, {"val"/"test": ImageFolder} for those that exist)."""
     from torchvision.datasets import ImageFolder
 
     def read(folder: Path) -> ImageFolder:
         try:
-            return ImageFolder(str(folder), transform=transform)
+            return ImageFolder(str(folder), loader=read_file)
         except (FileNotFoundError, OSError) as e:
             raise DatasetError(f"image folder {folder}: {e}") from None
 
@@ -355,14 +376,6 @@ def _read_image_folders(base: Path, transform) -> tuple[Path, Any, dict[str, Any
     return train_dir, full, splits
 
 
-def fit_to_size(image_size: int) -> list:
-    """Short side resized to `image_size`, then centre-cropped square: how image files become
-    a model's input, in training (image folders) and in `sweeplab-predict`."""
-    from torchvision.transforms import v2
-
-    return [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-
-
 def imagefolder_dataset(
     name: str,
     root: str,
@@ -381,17 +394,10 @@ def imagefolder_dataset(
     seed: int,
 ) -> Data:
     """root/{train,val,test}/<class>/*; missing val/ or test/ are carved from train."""
-    from torchvision.transforms import v2
-
     base = Path(root)
     if in_channels not in (1, 3):
         raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
-    steps = [v2.ToImage(), *fit_to_size(image_size)]
-    if in_channels == 1:
-        steps.append(v2.Grayscale())
-    transform = v2.Compose(steps)
-
-    train_dir, full, splits = _read_image_folders(base, transform)
+    train_dir, full, splits = _read_image_folders(base, ImageFile(in_channels, image_size))
     n = len(full)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     taken = 0

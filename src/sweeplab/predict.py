@@ -2,8 +2,8 @@
 
 MODEL is `models:/NAME@best`, `models:/NAME/VERSION`, `models:/<model id>` or a run id (the
 model that run logged). PATHs are image files or folders (searched recursively). Each image is
-decoded with the model's number of channels, its short side resized to the model's image size
-and centre-cropped (as image folders are read in training), and given to the model as uint8:
+read exactly as image folders are read in training (`data.ImageFile`: the model's channels, the
+short side resized to the model's image size, centre-cropped) and given to the model as uint8:
 the model normalises it itself. Writes one CSV row per image: file, class, probability.
 """
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from sweeplab import logged_model, tracking
-from sweeplab.data import fit_to_size
+from sweeplab.data import ImageFile
 from sweeplab.errors import SweeplabError
 
 log = logging.getLogger("sweeplab")
 
-# What torchvision.io.decode_image reads.
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
+# What image folders hold in training (torchvision's ImageFolder extensions).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 class PredictError(SweeplabError):
@@ -47,35 +47,20 @@ def image_files(paths: list[str]) -> list[Path]:
     return found
 
 
-def image_reader(in_channels: int, image_size: int):
-    """path -> uint8 C x H x W tensor with the model's channels and size."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms import v2
-
-    mode = ImageReadMode.GRAY if in_channels == 1 else ImageReadMode.RGB
-    fit = v2.Compose(fit_to_size(image_size))
-
-    def read(path: Path) -> torch.Tensor:
-        image = decode_image(str(path), mode=mode)
-        return image if image.shape[-2:] == (image_size, image_size) else fit(image)
-
-    return read
-
-
 def predict(
     model, meta: dict, files: list[Path], batch_size: int = 256
 ) -> Iterator[tuple[Path, str | None, float | str]]:
     """(file, predicted class, its probability) per file; (file, None, error) for a file that
     cannot be read, and the rest go on."""
     classes = meta["classes"]
-    read = image_reader(int(meta["in_channels"]), int(meta["image_size"]))
+    read = ImageFile(int(meta["in_channels"]), int(meta["image_size"]))
     for start in range(0, len(files), batch_size):
         batch, images = [], []
         for path in files[start : start + batch_size]:
             try:
                 images.append(read(path))
                 batch.append(path)
-            except (RuntimeError, OSError, ValueError) as e:
+            except (OSError, ValueError, SyntaxError) as e:  # PIL: not an image, truncated
                 yield path, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
         if not images:
             continue

@@ -212,6 +212,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.device={device!r} is invalid: expected auto, cpu, cuda, cuda:N or mps"
         )
+    channels = OmegaConf.select(cfg, "dataset.in_channels")
+    for key in ("mean", "std"):  # one value per channel (else Normalize broadcasts silently)
+        values = OmegaConf.select(cfg, f"dataset.{key}")
+        if channels is not None and values is not None and len(values) != channels:
+            raise ConfigError(
+                f"dataset.{key} has {len(values)} values but dataset.in_channels={channels}: "
+                f"give one per channel, e.g. dataset.{key}=[{', '.join(['0.5'] * channels)}]"
+            )
     if cfg.sweep.register_best and not cfg.tracking.log_model:
         raise ConfigError(
             f"sweep.register_best={cfg.sweep.register_best} registers the best run's logged "
