@@ -19,10 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from sweeplab import tracking
 from sweeplab.errors import SweeplabError
+from sweeplab.params import flatten_config
+from sweeplab.schema import launch_dir
 
 log = logging.getLogger("sweeplab")
 
@@ -124,11 +127,6 @@ def log_best_model(
 def log_run_model(cfg, model: nn.Module, data, best_epoch: int, best_acc: float, run) -> str | None:
     """The best weights (in `model`) of a training run as its MLflow model; the metadata says
     how to feed it and how it was made."""
-    from omegaconf import OmegaConf
-
-    from sweeplab.params import flatten_config
-    from sweeplab.schema import launch_dir
-
     d = cfg.dataset
     module = serving_module(model, data.mean, data.std, cfg.trainer.channels_last)
     metadata = {
