@@ -83,8 +83,7 @@ class LoaderSplit:
 
     def head(self, n: int) -> torch.Tensor:
         """The first `n` images, decoded and resized like every batch (uint8)."""
-        images = [self.dataset[i][0] for i in range(min(n, len(self)))]
-        return torch.stack([x.as_subclass(torch.Tensor) for x in images])
+        return torch.stack([self.dataset[i][0] for i in range(min(n, len(self)))])
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return _num_batches(len(self), batch_size, drop_last)
@@ -101,7 +100,7 @@ class LoaderSplit:
         )
         for x, y in loader:
             yield (
-                x.as_subclass(torch.Tensor).to(self.device, non_blocking=True),
+                x.to(self.device, non_blocking=True),
                 y.to(self.device, non_blocking=True),
             )
 
