@@ -129,8 +129,23 @@ class Run:
     def log_table(self, table: dict[str, list], artifact_file: str) -> None:
         self.client.log_table(self.run_id, table, artifact_file)
 
-    def log_inputs(self, datasets: list) -> None:
-        self.client.log_inputs(self.run_id, datasets=datasets)
+    def log_inputs(self, datasets: list, attempts: int = 3) -> None:
+        """Link the run to its datasets. MLflow's SQL store looks for an existing (experiment,
+        name, digest) row and then inserts one: parallel jobs on the same data can both miss
+        and the second insert fails on the unique key (sqlite, PostgreSQL; seen in CI). The
+        call is idempotent, so another try finds the winner's row and links it."""
+        import time
+
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.client.log_inputs(self.run_id, datasets=datasets)
+            except MlflowException as e:
+                if attempt == attempts:
+                    raise
+                log.debug("log_inputs attempt %d failed (%s); retrying", attempt, str(e)[:200])
+                time.sleep(0.05 * attempt)
 
     def delete_artifact(self, artifact_path: str) -> None:
         """Remove one artifact from the run's artifact store (local folder or server)."""
