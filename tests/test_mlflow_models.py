@@ -116,54 +116,6 @@ def test_runs_record_their_train_val_and_test_data(small_cfg, client):
     assert inputs_by_context(other)["train"].digest != splits["train"].digest
 
 
-def test_parallel_jobs_logging_the_same_dataset_both_link_it(client, monkeypatch):
-    """MLflow's SQL store checks for a dataset row and then inserts it; two jobs that both
-    check before either inserts collide on the unique key (a CI failure on PostgreSQL; sqlite
-    alike). The barrier holds both jobs after their check, so the collision happens every time."""
-    import threading
-
-    import sqlalchemy.orm
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.store.tracking.dbmodels.models import SqlDataset
-
-    from sweeplab.tracking import Run
-
-    both_checked = threading.Barrier(2, timeout=10)
-    held = []
-    query_all = sqlalchemy.orm.Query.all
-
-    def all_after_both_checked(query):
-        rows = query_all(query)
-        entity = query.column_descriptions[0]["entity"]
-        if entity is SqlDataset and len(held) < 2:  # only the first look of each job waits
-            held.append(threading.get_ident())
-            both_checked.wait()
-        return rows
-
-    monkeypatch.setattr(sqlalchemy.orm.Query, "all", all_after_both_checked)
-    experiment = client.create_experiment("race")
-    runs = [Run(client, client.create_run(experiment).info.run_id) for _ in range(2)]
-    data = Dataset(name="synthetic", digest="d1g3st", source_type="code", source="{}")
-    inputs = [DatasetInput(data, [InputTag("mlflow.data.context", "train")])]
-    errors = []
-
-    def job(run):
-        try:
-            run.log_inputs(inputs)
-        except Exception as e:  # noqa: BLE001 - reported by the assert below
-            errors.append(e)
-
-    threads = [threading.Thread(target=job, args=(run,)) for run in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(held) == 2 and errors == []
-    for run in runs:
-        linked = client.get_run(run.run_id).inputs.dataset_inputs
-        assert [(d.dataset.name, d.dataset.digest) for d in linked] == [("synthetic", "d1g3st")]
-
-
 def test_per_class_results_are_one_table_not_three_metrics_per_class(small_cfg, client):
     result = train(small_cfg())
     table = per_class(client, result["run_id"])
