@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import socket
+import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -96,8 +97,6 @@ class Run:
         (see __init__) so the training loop does not wait for the store; `flush()` waits for
         them before the run ends. `model_id` / `dataset` (an MLflow dataset entity) link the
         values to a logged model and to the data they were computed on."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -134,8 +133,6 @@ class Run:
         name, digest) row and then inserts one: parallel jobs on the same data can both miss
         and the second insert fails on the unique key (sqlite, PostgreSQL; seen in CI). The
         call is idempotent, so another try finds the winner's row and links it."""
-        import time
-
         from mlflow.exceptions import MlflowException
 
         for attempt in range(1, attempts + 1):
