@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sweeplab import logged_model, tracking
 from sweeplab.data import ImageFile
@@ -24,8 +25,8 @@ from sweeplab.errors import SweeplabError
 
 log = logging.getLogger("sweeplab")
 
-# What image folders hold in training (torchvision's ImageFolder extensions).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+# What image folders hold in training: the files torchvision's ImageFolder reads.
+IMAGE_SUFFIXES = frozenset(IMG_EXTENSIONS)
 
 
 class PredictError(SweeplabError):
