@@ -267,7 +267,7 @@ def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_trainin
         predicted = {r["file"]: r["class"] for r in csv.DictReader(f)}
     val = splits_of(cfg).val.dataset  # the ImageFolder training read val/ through
     images = torch.stack([val[i][0] for i in range(len(val))])
-    loaded, _ = logged_model.load(logged_model.model_uri(client_for(cfg), result["run_id"]),
+    loaded, _ = logged_model.load(logged_model.model_uri(client, result["run_id"]),
                                   cfg.tracking.uri)  # fmt: skip
     with torch.no_grad():
         expected = loaded(images).argmax(1)
