@@ -119,11 +119,16 @@ def small_cfg(store_root, tmp_path):
     return make
 
 
-@pytest.fixture
-def client(store_root):
+def store_client(root: Path):
+    """An MlflowClient on the sqlite store under `root` (tracking.root)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{store_root}/mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+
+
+@pytest.fixture
+def client(store_root):
+    return store_client(store_root)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, compose_cfg
+from conftest import REPO, compose_cfg, store_client
 from sweeplab import train
 from sweeplab.rerun import rerun
 
@@ -71,9 +71,7 @@ def placeholders(tmp_path_factory, data_dir, store_root):
         f"output_dir={tmp / 'other'}", "tracking.keep_last_checkpoint=true",
     ])  # fmt: skip
     train(other)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{store_root}/mlflow.db")
+    client = store_client(store_root)
     bare = client.create_run(client.create_experiment("bare-runs")).info.run_id
     client.delete_experiment(client.create_experiment("deleted-one"))
     (tmp / "not-a-db").mkdir()

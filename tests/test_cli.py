@@ -11,7 +11,7 @@ import pytest
 import torch
 from fake_datasets import CIFAR10_CLASSES, subprocess_env
 
-from conftest import TRAIN_SCRIPT, job_runs, per_class
+from conftest import TRAIN_SCRIPT, job_runs, per_class, store_client
 
 SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]
 
@@ -30,9 +30,7 @@ def headline_sweep(tmp_path_factory, data_dir):
     cwd = tmp_path_factory.mktemp("launch")
     proc = run_cli(["-m", "optimizer=sgd,adam", "model=simple_cnn,resnet18", *SMALL], cwd, data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
+    client = store_client(cwd / "mlruns")
     return cwd, client, proc
 
 
@@ -106,9 +104,7 @@ def test_headline_sweep_runs_on_the_default_dataset_cifar10(tmp_path, fake_data_
     proc = subprocess.run([*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client = store_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("cifar10")
     runs = job_runs(client, exp.experiment_id)
     assert sorted(r.info.run_name for r in runs) == sorted(
@@ -140,9 +136,7 @@ def test_a_parallel_sweep_downloads_its_dataset_once_before_any_job(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert log.read_text().split() == [str(proc.pid)]  # once, by the launching process
     assert "cifar10: downloading into" in out + err
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client = store_client(tmp_path / "mlruns")
     runs = job_runs(client, client.get_experiment_by_name("cifar10").experiment_id)
     assert [r.info.status for r in runs] == ["FINISHED"] * 2
     assert {r.data.params["dataset.name"] for r in runs} == {"cifar10"}

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_reliability import client_for
 
-from conftest import TRAIN_SCRIPT, job_runs
+from conftest import TRAIN_SCRIPT, job_runs, store_client
 from sweeplab import logged_model, train
 
 # lenet has no BatchNorm and augmentation=none: a 2-rank run then computes the same global
@@ -53,7 +52,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     out = run([*torchrun, str(TRAIN_SCRIPT), *COMMON, "trainer.strategy=ddp"], ddp)
     assert (out.stdout + out.stderr).count("best epoch") == 2  # both ranks scored the test set
 
-    ref_client, client = client_for(single / "mlruns"), client_for(ddp / "mlruns")
+    ref_client, client = store_client(single / "mlruns"), store_client(ddp / "mlruns")
     (ref,) = job_runs(ref_client, ref_client.get_experiment_by_name("synthetic").experiment_id)
     runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
     assert len(runs) == 1  # only rank 0 logs

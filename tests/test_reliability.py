@@ -18,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TRAIN_SCRIPT, job_runs
+from conftest import TRAIN_SCRIPT, job_runs, store_client
 from sweeplab import runner, train
 from sweeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sweeplab.loop import NonFiniteLossError
@@ -29,12 +29,6 @@ from sweeplab.tracking import Run, TrackingError
 # A synthetic job that takes a few seconds per epoch: long enough to be interrupted.
 SLOW = ["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=200", "trainer.epochs=4",
         "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1"]  # fmt: skip
-
-
-def client_for(root: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
 
 
 def _sigint_as_in_a_terminal() -> None:
@@ -82,7 +76,7 @@ def reference_and_killed(args: list[str], root: Path, *lines: str):
 
 
 def only_run(root: Path, experiment: str = "synthetic"):
-    client = client_for(root)
+    client = store_client(root)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return client, run
 
@@ -98,7 +92,7 @@ def test_1_eight_parallel_jobs_on_a_fresh_store(tmp_path):
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-2000:]
         assert "database is locked" not in out
-    client = client_for(tmp_path / "mlruns")
+    client = store_client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     assert client.search_runs(["0"]) == []  # nothing silently in "Default"
@@ -134,7 +128,7 @@ def test_3_failed_job_is_failed_with_traceback_and_the_sweep_goes_on(tmp_path):
     assert proc.returncode != 0
     assert "sweep summary: 1 of 3 jobs failed" in out
     assert "model.name=alexnet" in out.split("sweep summary")[1]
-    client = client_for(tmp_path / "mlruns")
+    client = store_client(tmp_path / "mlruns")
     runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
     status = {r.data.params["model.name"]: r.info.status for r in runs}
     assert status == {"resnet18": "FINISHED", "alexnet": "FAILED", "mobilenet_v3_small": "FINISHED"}
@@ -203,7 +197,7 @@ def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     _, ref = only_run(ref_dir / "mlruns")
     final = client.get_run(cut.info.run_id)
     assert final.info.status == "FINISHED" and final.data.tags["sweeplab.resumed"] == "true"
-    ref_client = client_for(ref_dir / "mlruns")
+    ref_client = store_client(ref_dir / "mlruns")
     for key in ("train_loss", "val_loss", "val_acc", "lr"):
         a = [(m.step, m.value) for m in ref_client.get_metric_history(ref.info.run_id, key)]
         b = [(m.step, m.value) for m in client.get_metric_history(cut.info.run_id, key)]
@@ -550,7 +544,7 @@ def test_10_no_secret_reaches_the_store_or_any_file_by_any_route(mode, tmp_path)
     # so it still reads the variable.
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    client = client_for(tmp_path / "mlruns")
+    client = store_client(tmp_path / "mlruns")
     runs = job_runs(client, client.get_experiment_by_name("synthetic").experiment_id)
     assert len(runs) == (2 if mode == "sweep" else 1)
     for run in runs:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_reliability import SLOW, client_for, start
+from test_reliability import SLOW, start
 
-from conftest import CONF, job_runs
+from conftest import CONF, job_runs, store_client
 from sweeplab.identity import sweep_id
 from sweeplab.sweep import Placement, choose_joblib_jobs, concurrent_jobs, placement
 
@@ -105,7 +105,7 @@ def sweep(args: list[str], cwd: Path, timeout: int = 600) -> tuple[int, str]:
 
 
 def parent_and_children(root: Path, experiment: str = "synthetic"):
-    client = client_for(root)
+    client = store_client(root)
     exp = client.get_experiment_by_name(experiment)
     (parent,) = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'sweep'")
     children = job_runs(client, exp.experiment_id)

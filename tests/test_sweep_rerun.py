@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_reliability import SLOW, client_for, reference_and_killed
+from test_reliability import SLOW, reference_and_killed
 
-from conftest import TRAIN_SCRIPT, job_runs
+from conftest import TRAIN_SCRIPT, job_runs, store_client
 
 SWEEP = ["-m", *SLOW, "trainer.epochs=3", "dataset.num_train=600", "trainer.seed=1,2,3,4"]
 
 
 def finals(root):
-    client = client_for(root)
+    client = store_client(root)
     exp = client.get_experiment_by_name("synthetic")
     runs = job_runs(client, exp.experiment_id)
     return client, {r.data.params["trainer.seed"]: r for r in runs}
@@ -47,7 +47,7 @@ def test_relaunched_sweep_skips_resumes_and_runs(tmp_path):
     assert len(cut_runs) == 4  # the interrupted job continued in its own run: no extra runs
     assert {r.info.status for r in cut_runs.values()} == {"FINISHED"}
     assert cut_runs["3"].data.tags.get("sweeplab.resumed") == "true"
-    ref_client = client_for(ref_dir / "mlruns")
+    ref_client = store_client(ref_dir / "mlruns")
     for seed, ref in ref_runs.items():
         cut = cut_runs[seed]
         assert cut.data.metrics["test_acc"] == ref.data.metrics["test_acc"], seed
