@@ -159,7 +159,7 @@ def log_run_model(cfg, model: nn.Module, data, best_epoch: int, best_acc: float,
 # --- one export per architecture and input shape in a process ---------------------------------
 
 _GRAPHS: OrderedDict[tuple, torch.export.ExportedProgram] = OrderedDict()
-_MAX_GRAPHS = 4  # each holds the last weights swapped into it: bounded memory
+_MAX_GRAPHS = 4  # each also holds the weights of the job that exported it: bounded memory
 _EXPORTING = threading.Lock()  # one patched export at a time, restored in order
 
 
