@@ -12,7 +12,7 @@ from test_reliability import SLOW, start
 from test_sweep import parent_and_children, sweep
 
 from sweeplab.identity import SEED, config_hash
-from sweeplab.report import Row, markdown
+from sweeplab.report import Row, markdown, plot_test_acc
 from sweeplab.seeds import seed_groups, seeds_csv
 from sweeplab.tracking import SEEDLESS_TAG
 
@@ -78,6 +78,17 @@ def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path, seeds
     path = client.download_artifacts(parent.info.run_id, "report/report_seeds.csv")
     assert len(list(csv.DictReader(io.StringIO(Path(path).read_text())))) == 2
     assert "across seeds:" in out
+
+
+def test_the_test_accuracy_plot_of_a_seed_sweep_labels_bars_quietly(tmp_path, caplog):
+    rows = [Row(run_id=str(s), name=f"trainer.seed={s}", status="FINISHED", best_val_acc=0.9,
+                test_acc=0.8 + s / 100, duration_s=1.0, overrides="", reproduce="",
+                swept={SEED: str(s)}) for s in (1, 2, 3)]  # fmt: skip
+    caplog.set_level("DEBUG")
+    png = plot_test_acc(rows, tmp_path / "test_acc.png")
+    assert png.stat().st_size > 0
+    # labels that read as numbers are still labels, and matplotlib says nothing about them
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib.category")]
 
 
 def test_seeds_and_a_swept_seed_are_refused_before_anything_is_created(tmp_path):

@@ -183,7 +183,10 @@ def plot_test_acc(rows: list[Row], path: Path) -> Path:
     plt = pyplot(path)
     shown = [r for r in rows if not math.isnan(r.test_acc)][::-1]  # best at the top
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(shown), 1)))
-    ax.barh([label(r)[:60] for r in shown], [r.test_acc for r in shown], color="tab:blue")
+    # bars at positions with the labels as ticks: as category strings, labels such as "1" or
+    # "0.01" (a seed, a learning rate) make matplotlib log an INFO line into the sweep's output
+    ax.barh(range(len(shown)), [r.test_acc for r in shown], color="tab:blue")
+    ax.set_yticks(range(len(shown)), [label(r)[:60] for r in shown])
     for i, r in enumerate(shown):
         ax.text(r.test_acc, i, f" {r.test_acc:.4f}", va="center", fontsize=8)
     ax.set(xlabel="test accuracy (best-on-val checkpoint)", title="test accuracy per configuration")
