@@ -176,15 +176,16 @@ def reused_graphs(module: nn.Module, built_from: str) -> Iterator[None]:
     def export(mod, args, kwargs=None, **options):
         if mod is not module or kwargs:
             return real(mod, args, kwargs, **options)
-        key = (built_from, *_graph_key(mod, args, options))
+        state = mod.state_dict()
+        key = (built_from, *_graph_key(mod, state, args, options))
         known = _GRAPHS.get(key)
         if known is not None:
             _GRAPHS.move_to_end(key)
-            return _with_weights(known, mod, args)
+            return _with_weights(known, state, args)
         program = real(mod, args, **options)
         # tensors the graph holds as constants (non-persistent buffers, ...) are not in the
         # state dict and could not be swapped: such a model is exported every time
-        if not program.constants and program.state_dict.keys() == mod.state_dict().keys():
+        if not program.constants and program.state_dict.keys() == state.keys():
             _GRAPHS[key] = program
             while len(_GRAPHS) > _MAX_GRAPHS:
                 _GRAPHS.popitem(last=False)
@@ -194,18 +195,17 @@ def reused_graphs(module: nn.Module, built_from: str) -> Iterator[None]:
         yield
 
 
-def _graph_key(mod: nn.Module, args, options: dict) -> tuple:
+def _graph_key(mod: nn.Module, state: dict, args, options: dict) -> tuple:
     """What the traced graph depends on besides the config: the module tree with every layer's
     settings (its repr), the names, shapes and dtypes of its weights, the inputs' shapes,
     export's options. (A setting only the config shows, e.g. a scale kept as a plain attribute
     and used in forward, is why the config is part of the key too.)"""
-    weights = tuple((k, tuple(v.shape), v.dtype) for k, v in mod.state_dict().items())
+    weights = tuple((k, tuple(v.shape), v.dtype) for k, v in state.items())
     inputs = tuple((tuple(a.shape), a.dtype) for a in args)
     return type(mod).__qualname__, repr(mod), weights, inputs, repr(sorted(options.items()))
 
 
-def _with_weights(program, mod: nn.Module, args) -> torch.export.ExportedProgram:
-    state = mod.state_dict()
+def _with_weights(program, state: dict, args) -> torch.export.ExportedProgram:
     weights = {
         k: nn.Parameter(state[k], requires_grad=False) if isinstance(v, nn.Parameter) else state[k]
         for k, v in program.state_dict.items()
