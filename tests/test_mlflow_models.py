@@ -100,9 +100,14 @@ def test_the_best_checkpoint_is_a_logged_model_that_scores_like_the_run(
 
 
 @pytest.fixture
-def real_exports(monkeypatch) -> list:
-    """The modules torch.export really traces from here on (the graph cache starts empty)."""
+def empty_graph_cache(monkeypatch) -> None:
+    """No graph exported by an earlier test in this process: the next export really traces."""
     monkeypatch.setattr(logged_model, "_GRAPHS", OrderedDict())
+
+
+@pytest.fixture
+def real_exports(monkeypatch, empty_graph_cache) -> list:
+    """The modules torch.export really traces from here on."""
     traced, real = [], torch.export.export
 
     def spy(mod, *args, **kwargs):
@@ -262,12 +267,13 @@ def test_log_model_false_logs_no_model_and_predict_says_why(small_cfg, client, t
     assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_a_model_that_cannot_be_exported_fails_alone(small_cfg, client, monkeypatch, caplog):
+def test_a_model_that_cannot_be_exported_fails_alone(
+    small_cfg, client, monkeypatch, caplog, empty_graph_cache
+):
     def unsupported(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(torch.export, "export", unsupported)
-    monkeypatch.setattr(logged_model, "_GRAPHS", OrderedDict())  # else an earlier test's graph
     result = train(small_cfg())
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics

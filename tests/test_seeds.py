@@ -87,7 +87,7 @@ def test_the_test_accuracy_plot_of_a_seed_sweep_labels_bars_quietly(tmp_path, ca
     caplog.set_level("DEBUG")
     png = plot_test_acc(rows, tmp_path / "test_acc.png")
     assert png.stat().st_size > 0
-    # labels that read as numbers are still labels, and matplotlib says nothing about them
+    # seeds as labels read as numbers: matplotlib's category axis would log about them
     assert not [r for r in caplog.records if r.name.startswith("matplotlib.category")]
 
 
