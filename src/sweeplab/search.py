@@ -16,8 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import sqlite_db
 from sweeplab.errors import SweeplabError
 from sweeplab.tracking import PRUNED_TAG, is_local, resolve_uri
 
@@ -53,9 +55,26 @@ def open_storage(url: str):
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     try:
+        create_study_file(url)
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:
         raise SearchError(f"cannot open the Optuna study storage {display_url(url)}: {e}") from e
+
+
+def create_study_file(url: str) -> None:
+    """A sqlite study file that does not exist yet is made whole (sweeplab.sqlite_db), under a
+    lock beside it, so an interrupted first search leaves no half-made optuna.db."""
+    import optuna
+
+    path = Path(url[len("sqlite:///") :].split("?")[0]) if url.startswith("sqlite:///") else None
+    if path is None or (path.exists() and path.stat().st_size > 0):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        sqlite_db.remove_temporaries(path)
+        if not path.exists() or path.stat().st_size == 0:
+            make = lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose()  # noqa: E731
+            sqlite_db.create_whole(path, make, replace=path.exists())
 
 
 def display_url(url: str) -> str:

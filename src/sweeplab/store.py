@@ -8,6 +8,7 @@ the launch with one clear line; nothing is ever overwritten.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sweeplab import tracking
+from sweeplab import sqlite_db, tracking
 from sweeplab.params import relativize_paths
 from sweeplab.redact import redact_uri
 from sweeplab.schema import abspath, launch_dir
 from sweeplab.tracking import TrackingError, is_local, resolve_uri
+
+log = logging.getLogger(__name__)
 
 
 def ensure_writable(path: str | Path, what: str) -> None:
@@ -109,6 +112,125 @@ def store_lock(root: Path) -> FileLock:
     return FileLock(str(root / ".sweeplab.lock"))
 
 
+# --- the store file's schema: created whole, upgraded on a copy, never half-made ---------------
+
+# Rows a store has before anyone logs anything: MLflow's Default experiment (id 0) and default
+# workspace, and the schema version. A store with nothing else loses nothing when rebuilt.
+EMPTY_STORE_ROWS = {
+    "alembic_version": None,
+    "sqlite_sequence": None,
+    "experiments": "select count(*) from experiments where experiment_id != 0",
+    "workspaces": "select count(*) from workspaces where name != 'default'",
+}
+
+
+def mlflow_head() -> tuple[str, set[str]]:
+    """The installed MLflow's schema revision (alembic head) and every revision it knows."""
+    import mlflow.store.db_migrations
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory(os.path.dirname(mlflow.store.db_migrations.__file__))
+    return scripts.get_current_head(), {r.revision for r in scripts.walk_revisions()}
+
+
+def mlflow_tables(url: str) -> None:
+    """MLflow's tables at the installed version in the database at `url`: all of them on an
+    empty database, the missing migrations on an older one (what `mlflow db upgrade` does)."""
+    import mlflow.db
+
+    mlflow.db.upgrade.callback(url)
+
+
+def schema_problem(db: Path) -> tuple[str, str | None]:
+    """('current' | 'older' | 'newer' | 'incomplete', what is wrong) of an existing store file,
+    read without writing to it."""
+    found = sqlite_db.tables(db)
+    head, known = mlflow_head()
+    version = sqlite_db.scalar(db, "select version_num from alembic_version") if (
+        "alembic_version" in found) else None  # fmt: skip
+    leftovers = sorted(t for t in found if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        return "incomplete", f"leftover tables of an interrupted migration: {', '.join(leftovers)}"
+    if version is None:
+        return "incomplete", "no MLflow schema version (its creation was interrupted)"
+    if version == head:
+        return "current", None
+    if version not in known:
+        return "newer", f"schema version {version}, unknown to the installed MLflow"
+    return "older", f"schema version {version}, the installed MLflow's is {head}"
+
+
+def holds_data(db: Path) -> bool:
+    """Whether anything beyond an empty store's own rows is in the file (any run, experiment,
+    model, trace, or a half-copied table of one)."""
+    for table, has_rows in sqlite_db.tables(db).items():
+        if has_rows and table not in EMPTY_STORE_ROWS:
+            return True
+        query = EMPTY_STORE_ROWS.get(table)
+        if has_rows and query and sqlite_db.scalar(db, query):
+            return True
+    return False
+
+
+def ensure_mlflow_schema(db: Path) -> None:
+    """Under the store lock: the store file exists at the installed MLflow's schema, or the
+    launch stops with one line. Only a store with nothing in it is ever rebuilt."""
+    db.parent.mkdir(parents=True, exist_ok=True)  # sqlite makes the file, not its folder
+    if stale := sqlite_db.remove_temporaries(db):
+        log.info("removed %d temporary file(s) of an interrupted store creation", stale)
+    for _ in range(3):  # a second process may create or change the file between two looks
+        if not db.exists() or db.stat().st_size == 0:
+            if db.exists():  # an empty file: sqlite may be about to write its first page
+                sqlite_db.wait_until_still(db)
+            if sqlite_db.create_whole(db, mlflow_tables, replace=db.exists()):
+                return
+            continue  # another process made it meanwhile: look at theirs
+        state, problem = schema_problem(db)
+        if state == "current":
+            return
+        if state == "newer":
+            break
+        # Another MLflow client (`mlflow ui`, a notebook) may be creating or upgrading it this
+        # moment, in place: wait until the file is still, then look again.
+        sqlite_db.wait_until_still(db)
+        state, problem = schema_problem(db)
+        if state == "current":
+            return
+        if state == "older":
+            try:  # the upgrade runs on a copy: an interruption leaves the original as it was
+                sqlite_db.create_whole(db, lambda url: _upgraded_copy(db, url), replace=True)
+                log.info("store %s upgraded to the installed MLflow's schema", db)
+                return
+            except Exception as e:  # what a half-made schema does to a migration
+                problem = f"{problem}; its upgrade fails: {str(e).splitlines()[0][:200]}"
+        if state != "newer" and not holds_data(db):
+            sqlite_db.create_whole(db, mlflow_tables, replace=True)
+            log.warning("the store file %s had an incomplete schema (%s) and held no runs: "
+                        "made it anew", db, problem)  # fmt: skip
+            return
+        break
+    shown = relativize_paths(str(db), launch_dir())
+    repair = (
+        "upgrade MLflow (pip install -U mlflow) to use it, or point tracking.root / "
+        "tracking.uri at another store"
+        if state == "newer"
+        else f"restore it from a backup, or move it aside and start a new store: `mv {shown} "
+        f"{shown}.broken`"
+    )
+    raise TrackingError(
+        f"tracking.uri: the store file {shown} is not usable ({problem}); it holds runs, so "
+        f"sweeplab leaves it untouched: {repair}"
+    )
+
+
+def _upgraded_copy(db: Path, url: str) -> None:
+    sqlite_db.copy_into(db, url)
+    mlflow_tables(url)
+    state, problem = schema_problem(Path(url[len("sqlite:///") :]))
+    if state != "current":
+        raise TrackingError(problem or state)
+
+
 def prepare_store(uri: str, root: str, experiment: str) -> str:
     """Check the store, create it and the experiment if needed (once, under a lock); its id."""
     from mlflow.exceptions import MlflowException
@@ -118,8 +240,8 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
     root_path = Path(abspath(root))
     with store_lock(root_path) if local else contextlib.nullcontext():
         db = sqlite_file(uri)
-        if db is not None:  # sqlite makes the file, not its folder
-            db.parent.mkdir(parents=True, exist_ok=True)
+        if db is not None:
+            ensure_mlflow_schema(db)
         client = tracking.client(uri)
         try:
             found = client.get_experiment_by_name(experiment)
