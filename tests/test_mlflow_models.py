@@ -437,3 +437,69 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
     with torch.no_grad():
         expected = loaded(torch.tensor(example, dtype=torch.uint8)).numpy()
     np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-5)
+
+
+def bomb_png(path: Path, side: int = 20_000) -> None:
+    """A valid PNG header claiming side x side pixels (over PIL's decompression-bomb limit),
+    a few dozen bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))  # fmt: skip
+
+
+class Payload:
+    """Unpickling this touches a file: what a planted pickle could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_predict_never_unpickles_and_its_mistakes_are_one_line(small_cfg, client, tmp_path, capsys):
+    """Reliability 20: a pickled model.pth planted beside model.pt2 is refused (MLflow would
+    prefer and unpickle it); a decompression bomb is listed as unreadable and the rest are
+    classified; --out into a missing folder and --batch-size 0 are one error line, exit 2."""
+    import pickle
+
+    cfg = small_cfg()
+    result = train(cfg)
+    uri = ["--tracking-uri", cfg.tracking.uri]
+    good = tmp_path / "good.png"
+    write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), good)
+    bomb = tmp_path / "bomb.png"
+    bomb_png(bomb)
+    out = tmp_path / "preds.csv"
+    assert predict.main([result["run_id"], str(good), str(bomb), "--out", str(out), *uri]) == 1
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "bomb.png: DecompressionBombError" in err
+    assert "Traceback" not in err
+    assert [r["file"] for r in csv.DictReader(out.open())] == [str(good)]
+
+    for bad, said in [(["--out", str(tmp_path / "nowhere" / "p.csv")], "does not exist"),
+                      (["--batch-size", "0"], "--batch-size 0: give a number >= 1")]:  # fmt: skip
+        assert predict.main([result["run_id"], str(good), *bad, *uri]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("sweeplab-predict: error:") and said in line
+    assert not (tmp_path / "nowhere").exists()
+
+    model_id = client.get_run(result["run_id"]).outputs.model_outputs[-1].model_id
+    folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    assert (folder / "data" / "model.pt2").is_file()
+    marker = tmp_path / "payload-ran"
+    (folder / "data" / "model.pth").write_bytes(pickle.dumps(Payload(marker)))
+    (folder / "data" / "pickle_module_info.txt").write_text("mlflow.pytorch.pickle_module")
+    code = predict.main([result["run_id"], str(good), *uri])
+    err = capsys.readouterr().err
+    assert not marker.exists(), "the planted pickle was loaded"
+    assert code == 2 and "pickle" in err and "Traceback" not in err

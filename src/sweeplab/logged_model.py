@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -243,13 +244,32 @@ def model_uri(client, target: str) -> str:
     return f"models:/{outputs[-1].model_id}"
 
 
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+@contextmanager
+def pickle_refused() -> Iterator[None]:
+    """MLflow loads a `model.pth` (pickle: runs whatever code the file holds) in preference to
+    `model.pt2` when both are in the model's folder, and allows pickle by default. sweeplab
+    logs pt2 only, so while it loads a model pickle is off: a planted model.pth is refused."""
+    before = os.environ.get(PICKLE_ENV)
+    os.environ[PICKLE_ENV] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PICKLE_ENV, None)
+        else:
+            os.environ[PICKLE_ENV] = before
+
+
 def load(uri: str, tracking_uri: str) -> tuple[nn.Module, dict[str, Any]]:
-    """(the model, its sweeplab metadata) through MLflow."""
+    """(the model, its sweeplab metadata) through MLflow; never by unpickling."""
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
     from mlflow.models import get_model_info
 
-    with tracking.fluent_uri(tracking_uri):
+    with tracking.fluent_uri(tracking_uri), pickle_refused():
         try:
             meta = (get_model_info(uri).metadata or {}).get(METADATA_KEY)
             if meta is None:

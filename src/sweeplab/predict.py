@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sweeplab import logged_model, tracking
@@ -61,7 +62,8 @@ def predict(
             try:
                 images.append(read(path))
                 batch.append(path)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL: not an image, truncated
+            # PIL: not an image, truncated, or a decompression bomb (over 2x its pixel limit)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 yield path, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
         if not images:
             continue
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uri = args.tracking_uri or tracking.default_uri()
     try:
+        if args.batch_size < 1:
+            raise PredictError(f"--batch-size {args.batch_size}: give a number >= 1")
+        if args.out and not args.out.parent.is_dir():
+            raise PredictError(f"--out {args.out}: the folder {args.out.parent} does not exist")
         files = image_files(args.paths)
         source = logged_model.model_uri(tracking.client(uri), args.model)
         model, meta = logged_model.load(source, uri)
