@@ -469,22 +469,26 @@ class Payload:
 def test_predict_never_unpickles_and_its_mistakes_are_one_line(small_cfg, client, tmp_path, capsys):
     """Reliability 20: a pickled model.pth planted beside model.pt2 is refused (MLflow would
     prefer and unpickle it); a decompression bomb is listed as unreadable and the rest are
-    classified; --out into a missing folder and --batch-size 0 are one error line, exit 2."""
+    classified; --out into a missing folder and --batch-size 0 are one error line, exit 2.
+    The run's validation split is 1 image: its model still takes batches of any size."""
     import pickle
 
-    cfg = small_cfg()
+    cfg = small_cfg("dataset.val_fraction=0.002")  # round(320 x 0.002) = 1 image
     result = train(cfg)
     uri = ["--tracking-uri", cfg.tracking.uri]
-    good = tmp_path / "good.png"
-    write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), good)
+    good = [tmp_path / f"good{i}.png" for i in range(3)]
+    for path in good:
+        write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), path)
     bomb = tmp_path / "bomb.png"
     bomb_png(bomb)
     out = tmp_path / "preds.csv"
-    assert predict.main([result["run_id"], str(good), str(bomb), "--out", str(out), *uri]) == 1
+    args = [result["run_id"], *map(str, good), str(bomb), "--out", str(out), *uri]
+    assert predict.main(args) == 1
     err = capsys.readouterr().err
     assert "unreadable" in err and "bomb.png: DecompressionBombError" in err
     assert "Traceback" not in err
-    assert [r["file"] for r in csv.DictReader(out.open())] == [str(good)]
+    assert [r["file"] for r in csv.DictReader(out.open())] == list(map(str, good))
+    good = good[0]
 
     for bad, said in [(["--out", str(tmp_path / "nowhere" / "p.csv")], "does not exist"),
                       (["--batch-size", "0"], "--batch-size 0: give a number >= 1")]:  # fmt: skip

@@ -128,6 +128,11 @@ def split_train_val(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(n * val_fraction))
     val, train = perm[:n_val], perm[n_val:]
+    if len(train) == 0:
+        raise DatasetError(
+            f"dataset.val_fraction={val_fraction} leaves no training images (all {n} go to "
+            "validation): lower it"
+        )
     if train_subset is not None:
         if train_subset > len(train):
             raise DatasetError(
@@ -406,6 +411,11 @@ def imagefolder_dataset(
             splits[split] = Subset(full, perm[taken : taken + k])
             taken += k
     train_idx = perm[taken:]
+    if not train_idx:
+        raise DatasetError(
+            f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
+            f"leave no training images of the {n} under {train_dir}: lower them"
+        )
     if train_subset is not None:
         if train_subset > len(train_idx):
             raise DatasetError(

@@ -152,9 +152,16 @@ def log_run_model(cfg, model: nn.Module, data, best_epoch: int, best_acc: float,
     }  # fmt: skip
     name = str(cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1])  # the UI's label
     return log_best_model(
-        cfg.tracking.uri, run, name, module, data.val.head(EXAMPLE_SIZE), metadata,
+        cfg.tracking.uri, run, name, module, input_example(data.val), metadata,
         flatten_config(cfg, launch_dir()), step=best_epoch,
     )  # fmt: skip
+
+
+def input_example(split) -> torch.Tensor:
+    """EXAMPLE_SIZE images of `split`, the first ones repeated when it holds fewer: an example
+    batch of 1 would export a graph that only takes batches of 1."""
+    images = split.head(EXAMPLE_SIZE)
+    return images[torch.arange(EXAMPLE_SIZE) % len(images)]
 
 
 # --- one export per architecture and input shape in a process ---------------------------------
