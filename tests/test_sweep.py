@@ -179,3 +179,40 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     assert [r["status"] for r in report_csv(client, parent)] == ["FINISHED", "FINISHED"]
     # submitit ran each job in its own process, which wrote its own log
     assert len(list((tmp_path / "outputs" / "multiruns").rglob("*_log.out"))) == 2
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Reliability 20: `outputs/multiruns/<second>/` was shared by two sweeps started together,
+    so job 0 held the other sweep's overrides (a re-run from it ran the wrong config)."""
+    from conftest import TRAIN_SCRIPT
+
+    launches = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(TRAIN_SCRIPT),
+                "-m",
+                *SLOW,
+                "sweep.dry_run=true",
+                f"optimizer.lr={lrs}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for lrs in ("0.1,0.2", "0.3,0.4")
+    ]
+    for proc in launches:
+        assert proc.wait(300) == 0, proc.stderr.read()[-2000:]
+    folders = sorted((tmp_path / "outputs" / "multiruns").iterdir())
+    assert len(folders) == 2
+    seen = set()
+    for folder in folders:
+        lrs = {
+            next(o for o in OmegaConf.load(job / ".hydra" / "overrides.yaml") if "lr=" in o)
+            for job in (folder / "0", folder / "1")
+        }
+        seen.add(frozenset(lrs))
+    assert seen == {frozenset({"optimizer.lr=0.1", "optimizer.lr=0.2"}),
+                    frozenset({"optimizer.lr=0.3", "optimizer.lr=0.4"})}  # fmt: skip
