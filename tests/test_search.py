@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -185,12 +186,17 @@ def test_failed_and_nan_trials_are_fail_and_the_search_goes_on(tmp_path):
     assert study_of(tmp_path).metric_names == ["best_val_acc"]  # axes named in dashboards
 
 
-def test_too_many_failures_stop_the_search_with_the_reason(tmp_path):
+def test_too_many_failures_stop_the_search_with_the_reason(tmp_path, capsys):
     sweeper = make_sweeper(tmp_path, lambda p: (0.01, RuntimeError("CUDA out of memory")),
                            n_trials=10, n_jobs=1, max_failure_rate=0.2)  # fmt: skip
-    with pytest.raises(SearchError, match=r"3 of 10 trials failed \(max_failure_rate=0.2\); "
-                                          r"last: RuntimeError: CUDA out of memory"):  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:  # one line and exit 1, as a grid with failures
         sweeper.sweep([])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "Traceback" not in err
+    assert re.fullmatch(r"error: search stopped: 3 of 10 trials failed \(max_failure_rate=0.2\); "
+                        r"last: RuntimeError: CUDA out of memory", line)  # fmt: skip
     assert len(study_of(tmp_path).trials) == 3  # stopped once 3 > 0.2 * 10
 
 
@@ -282,3 +288,67 @@ def test_the_grid_sweeper_adds_the_seeds_and_is_the_default(monkeypatch):
     monkeypatch.setattr(grid, "sweep", lambda self, arguments: captured.append(arguments))
     sweeper.sweep(["optimizer=sgd,adam"])
     assert captured == [["optimizer=sgd,adam", "trainer.seed=7,8,9"]]
+
+
+def test_two_launches_of_one_study_run_exactly_n_trials_together(tmp_path):
+    """Reliability 20: the finished count was read once at start, so two launches of the same
+    search started together ran n_trials each. The budget is now read before every trial."""
+    sweepers = [make_sweeper(tmp_path, lambda p: (0.3, 0.5), n_trials=3, n_jobs=1)
+                for _ in range(2)]  # fmt: skip
+    threads = [threading.Thread(target=s.sweep, args=([],)) for s in sweepers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    trials = study_of(tmp_path).trials
+    ran = [t for t in trials if not t.user_attrs.get("sweeplab.over_budget")]
+    assert [t.state for t in ran] == [TrialState.COMPLETE] * 3
+    assert sum(len(s.launcher.jobs) for s in sweepers) == 3
+    assert all(len(s.launcher.jobs) >= 1 for s in sweepers)  # both took a share
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"x": "interval(0.1, 0.001)"}, r"^x=interval\(0.1, 0.001\): .*low"),
+        ({"x": "tag(log, interval(0, 1))"}, r"^x=tag\(log, interval\(0, 1\)\): .*log"),
+    ],
+)
+def test_a_space_optuna_cannot_sample_is_one_search_error(tmp_path, params, message):
+    with pytest.raises(SearchError, match=message):
+        make_sweeper(tmp_path, lambda p: (0, 0.0), params=params).sweep([])
+    assert not (tmp_path / "optuna.db").exists()  # refused before the study was made
+
+
+def test_a_budget_of_zero_trials_is_refused(tmp_path):
+    with pytest.raises(SearchError, match=r"n_trials=0 and n_jobs=2 must be >= 1"):
+        make_sweeper(tmp_path, lambda p: (0, 0.0), n_trials=0).sweep([])
+
+
+def test_a_pinned_study_relaunched_with_another_space_is_refused_by_name(tmp_path):
+    make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=2, n_jobs=1).sweep([])
+    before = [(t.number, t.state) for t in study_of(tmp_path).trials]
+    changes = [({"x": "choice(0, 1)"}, "x: Float(low=0.0, high=1.0) -> Categorical"),
+               ({"x": "interval(0, 1)", "y": "interval(0, 1)"}, "y: none ->")]  # fmt: skip
+    for params, said in changes:
+        again = make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=4, n_jobs=1, params=params)
+        with pytest.raises(SearchError, match=r"study s was searched over another space") as e:
+            again.sweep([])
+        assert said in str(e.value) and "hydra.sweeper.study_name=<new name>" in str(e.value)
+    with pytest.raises(SearchError, match=r"study s exists with directions \['maximize'\]"):
+        make_sweeper(tmp_path, lambda p: (0, 0.0), direction="minimize").sweep([])
+    assert [(t.number, t.state) for t in study_of(tmp_path).trials] == before  # none RUNNING
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_study_file_is_one_line(tmp_path, damage):
+    make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=1, n_jobs=1).sweep([])
+    path = tmp_path / "optuna.db"
+    data = path.read_bytes()
+    path.write_bytes(b"not a database\n" * 500 if damage == "garbage" else data[: len(data) // 3])
+    with pytest.raises(SearchError) as e:
+        make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=2, n_jobs=1).sweep([])
+    assert str(e.value).startswith("cannot open the Optuna study storage") or "optuna.db" in str(
+        e.value
+    )
+    assert "\n" not in str(e.value) and e.value.__cause__ is None

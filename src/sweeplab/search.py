@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import sqlite_db
@@ -58,7 +61,10 @@ def open_storage(url: str):
         create_study_file(url)
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:
-        raise SearchError(f"cannot open the Optuna study storage {display_url(url)}: {e}") from e
+        cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise SearchError(
+            f"cannot open the Optuna study storage {display_url(url)}: {cause}"
+        ) from None
 
 
 def create_study_file(url: str) -> None:
@@ -84,6 +90,135 @@ def display_url(url: str) -> str:
     from sweeplab.schema import launch_dir
 
     return relativize_paths(redact_override(f"url={url}").split("=", 1)[1], launch_dir())
+
+
+def distribution(override: Override) -> Any:
+    """An Optuna distribution for a sweep override (the official plugin's syntax), or the
+    plain value of a fixed one. `range` follows Hydra (stop excluded)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator())
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            return IntDistribution(values[0], values[-1], step=int(value.step))
+        return FloatDistribution(values[0], values[-1], step=value.step)
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(value.start, value.end, log=log_scale)
+    raise SearchError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict]:
+    """({key: distribution}, {key: fixed value}) from hydra.sweeper.params and the command line."""
+    from optuna.distributions import BaseDistribution
+
+    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    space, fixed = {}, {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        try:
+            value = distribution(override)
+        except ValueError as e:  # Optuna: low > high, log with low <= 0, ...
+            raise SearchError(f"{override.input_line}: {e}") from None
+        target = space if isinstance(value, BaseDistribution) else fixed
+        key = override.get_key_element()
+        space.pop(key, None), fixed.pop(key, None)  # the command line wins over params
+        target[key] = value
+    return space, fixed
+
+
+# --- a search checked before anything is created ----------------------------------------------
+
+OPTUNA_SWEEPER = "SweeplabOptunaSweeper"
+
+
+def check_search(config: DictConfig) -> None:
+    """check_search_settings for the sweep `config` describes (sweeplab's callback)."""
+    s = config.hydra.sweeper
+    check_search_settings(
+        config, as_list(s.direction), s.n_trials, s.n_jobs, s.max_failure_rate,
+        s.get("study_name"), s.get("params"), list(config.hydra.overrides.task), s.get("storage"),
+    )  # fmt: skip
+
+
+def check_search_settings(config: DictConfig, directions: list[str], n_trials, n_jobs, rate,
+                          pinned, params, arguments: list[str], storage) -> None:  # fmt: skip
+    """Everything about an Optuna search that can be wrong before it starts, as one
+    SearchError: directions, budget, the space (each distribution built), the study storage
+    and, for a study that exists, that it was made with the same directions and space. The
+    sweep's callback calls this before its parent run exists, so a mistake creates nothing."""
+    metrics = as_list(config.get("optimized_metric"))
+    bad = [d for d in directions if d not in ("maximize", "minimize")]
+    if bad or len(metrics) != len(directions):
+        raise SearchError(
+            f"hydra.sweeper.direction={directions}: give maximize or minimize, one per entry "
+            f"of optimized_metric={metrics}"
+        )
+    if int(n_trials) < 1 or int(n_jobs) < 1 or not 0 <= float(rate) <= 1:
+        raise SearchError(
+            f"hydra.sweeper: n_trials={n_trials} and n_jobs={n_jobs} must be >= 1, "
+            f"max_failure_rate={rate} in [0, 1]"
+        )
+    if pinned and not re.fullmatch(r"[\w.-]+", str(pinned)):
+        raise SearchError(f"hydra.sweeper.study_name={pinned!r}: letters, digits, _.-")
+    space, _ = search_space(params, arguments)
+    url = storage_url(storage, config.tracking)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :].split("?")[0]).exists():
+        return  # no study file yet, so no study to continue (and nothing made by a check)
+    check_study(open_storage(url), study_name(config, pinned), directions, space, bool(pinned))
+
+
+def study_name(config: DictConfig, pinned: str | None) -> str:
+    """hydra.sweeper.study_name, else the sweep id: the same command continues its study."""
+    from sweeplab.identity import sweep_id
+    from sweeplab.tracking import SWEEP_ID_ENV
+
+    return str(pinned or os.environ.get(SWEEP_ID_ENV) or sweep_id(config))
+
+
+def check_study(storage, name: str, directions: list[str], space: dict, pinned: bool) -> None:
+    """An existing study is continued only with its own directions and search space: mixed
+    trials would make "best trial" compare configurations from two different searches."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return  # a new study
+    how = "set hydra.sweeper.study_name=<new name>" if pinned else "set hydra.sweeper.study_name"
+    had = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    if had != directions:
+        raise SearchError(
+            f"study {name} exists with directions {had}, not {directions}: {how} to start "
+            "another study"
+        )
+    changed = set()
+    for trial in storage.get_all_trials(study_id, deepcopy=False):
+        for key, old in trial.distributions.items():
+            if key not in space or space[key] != old:
+                changed.add(f"{key}: {_shown(old)} -> {_shown(space.get(key))}")
+        changed.update(f"{k}: none -> {_shown(d)}" for k, d in space.items()
+                       if trial.distributions and k not in trial.distributions)  # fmt: skip
+    if changed:
+        raise SearchError(
+            f"study {name} was searched over another space ({'; '.join(sorted(changed)[:4])}): "
+            f"continuing it would mix trials of both; {how} to start another study"
+        )
+
+
+def _shown(d) -> str:
+    if d is None:
+        return "none"
+    fields = ", ".join(f"{k}={v}" for k, v in vars(d).items() if v is not None and v is not False)
+    return f"{type(d).__name__.removesuffix('Distribution')}({fields})"
 
 
 def instantiate_pruner(node: Any):
@@ -219,6 +354,8 @@ def _plots(study, done: list, sweep_dir: str) -> list[str]:
 
     from sweeplab.metrics import pyplot
 
+    if not done:  # nothing to plot (Optuna would only warn "There are no complete trials")
+        return []
     plt = pyplot(Path(sweep_dir) / "optuna.png")
     names = {"optimization_history": ov.plot_optimization_history}
     if len(done) >= 2 and len(study.directions) == 1:

@@ -221,12 +221,16 @@ class PrepareStoreCallback(Callback):
     The config is validated first, so bad input ends with one message and creates nothing.
     """
 
-    def _prepare(self, config: DictConfig, output_dir: str) -> str:
+    def _prepare(self, config: DictConfig, output_dir: str, multirun: bool = False) -> str:
         from sweeplab.data import fetch_dataset_files
         from sweeplab.schema import validate
+        from sweeplab.search import OPTUNA_SWEEPER, check_search
 
         try:
             validate(config)
+            sweeper = str(config.hydra.sweeper.get("_target_", ""))
+            if multirun and sweeper.endswith(OPTUNA_SWEEPER):
+                check_search(config)  # before the parent run: a mistake creates nothing
             store.ensure_writable(abspath(output_dir), "hydra output dir")
             if not config.sweep.dry_run:  # one download, here, not one per job
                 fetch_dataset_files(config.dataset)
@@ -246,7 +250,7 @@ class PrepareStoreCallback(Callback):
                 _stop(ConfigError(f"sweep.seeds={config.sweep.seeds} runs every configuration "
                                   f"with that many seeds: do not also sweep {SEED}"))  # fmt: skip
             keys.append(SEED)
-        experiment_id = self._prepare(config, config.hydra.sweep.dir)
+        experiment_id = self._prepare(config, config.hydra.sweep.dir, multirun=True)
         # Jobs name their runs after the swept keys only; workers inherit the environment.
         os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
         if config.sweep.dry_run:
@@ -272,12 +276,17 @@ class PrepareStoreCallback(Callback):
         atexit.register(self._finish)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish()
+        # One rule for every sweep: a failed job makes the launch exit 1. Hydra's grid sweeper
+        # raises the job's error itself (and skips this hook); a search goes on past failed
+        # trials and ends here.
+        if self._finish():
+            sys.exit(1)
 
-    def _finish(self) -> None:
-        """Report, failed-job summary and parent status; once, whichever hook comes first."""
+    def _finish(self) -> bool:
+        """Report, failed-job summary and parent status; once, whichever hook comes first.
+        True when jobs failed."""
         if getattr(self, "finished", False) or not hasattr(self, "parent_id"):
-            return
+            return False
         self.finished = True
         from sweeplab import report
 
@@ -285,12 +294,13 @@ class PrepareStoreCallback(Callback):
             rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir, self.register)
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
-            return
+            return False
         failed = [(r.overrides, r.status, r.error) for r in rows if not r.ok]
         if failed:
             lines = [f"sweep summary: {len(failed)} of {len(rows)} jobs failed"]
             lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]
             print("\n".join(lines), file=sys.stderr)
+        return bool(failed)
 
 
 def _stop(error: SweeplabError) -> None:

@@ -16,66 +16,25 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
 import statistics
+import sys
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab.search import distribution, search_space  # noqa: F401  (the plugin's syntax)
+
 log = logging.getLogger(__name__)
 OWNER = "sweeplab.owner"  # host:pid of the launch that asked for a trial
 REQUEUED = "sweeplab.requeued_from"
-
-
-def distribution(override: Override) -> Any:
-    """An Optuna distribution for a sweep override (the official plugin's syntax), or the
-    plain value of a fixed one. `range` follows Hydra (stop excluded)."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    value = override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator())
-        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
-            return IntDistribution(values[0], values[-1], step=int(value.step))
-        return FloatDistribution(values[0], values[-1], step=value.step)
-    if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
-    raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
-
-
-def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict]:
-    """({key: distribution}, {key: fixed value}) from hydra.sweeper.params and the command line."""
-    from optuna.distributions import BaseDistribution
-
-    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    space, fixed = {}, {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        value = distribution(override)
-        target = space if isinstance(value, BaseDistribution) else fixed
-        key = override.get_key_element()
-        space.pop(key, None), fixed.pop(key, None)  # the command line wins over params
-        target[key] = value
-    return space, fixed
+INTERRUPTED = "sweeplab.interrupted"  # FAIL because its launch died; its parameters queued again
+OVER_BUDGET = "sweeplab.over_budget"  # asked for after other launches used up n_trials: not run
 
 
 class SweeplabOptunaSweeper(Sweeper):
@@ -107,45 +66,23 @@ class SweeplabOptunaSweeper(Sweeper):
 
         return as_list(self.config.get("optimized_metric"))
 
-    def _check(self) -> None:
-        from sweeplab.search import SearchError
-
-        bad = [d for d in self.directions if d not in ("maximize", "minimize")]
-        metrics = self.objectives()
-        if bad or len(metrics) != len(self.directions):
-            raise SearchError(
-                f"hydra.sweeper.direction={self.directions}: give maximize or minimize, one per "
-                f"entry of optimized_metric={metrics}"
-            )
-        if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1:
-            raise SearchError("hydra.sweeper: n_trials and n_jobs >= 1, max_failure_rate in [0, 1]")
-        if self.study_name and not re.fullmatch(r"[\w.-]+", str(self.study_name)):
-            raise SearchError(f"hydra.sweeper.study_name={self.study_name!r}: letters, digits, _.-")
-
     def open_study(self):
+        """The study (created, or continued by a relaunch); check_search has already refused
+        one made with other directions or another space."""
         import optuna
 
-        from sweeplab.identity import sweep_id
-        from sweeplab.search import instantiate_pruner, open_storage, storage_url
-        from sweeplab.tracking import SWEEP_ID_ENV
+        from sweeplab.search import instantiate_pruner, open_storage, storage_url, study_name
 
         self.url = storage_url(self.storage, self.config.tracking)
-        name = self.study_name or os.environ.get(SWEEP_ID_ENV) or sweep_id(self.config)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens
         study = optuna.create_study(
-            study_name=str(name), storage=open_storage(self.url), load_if_exists=True,
-            directions=self.directions, pruner=instantiate_pruner(self.pruner_cfg),
+            study_name=study_name(self.config, self.study_name), storage=open_storage(self.url),
+            load_if_exists=True, directions=self.directions,
+            pruner=instantiate_pruner(self.pruner_cfg),
         )  # fmt: skip
         with warnings.catch_warnings():  # experimental in Optuna; names axes in the dashboard
             warnings.simplefilter("ignore")
             study.set_metric_names(self.objectives())
-        if [d.name.lower() for d in study.directions] != self.directions:
-            from sweeplab.search import SearchError
-
-            raise SearchError(
-                f"study {name} exists with directions {study.directions}, not "
-                f"{self.directions}: set hydra.sweeper.study_name to start another"
-            )
         return study
 
     def requeue_interrupted(self, study) -> int:
@@ -161,7 +98,7 @@ class SweeplabOptunaSweeper(Sweeper):
             if host != socket.gethostname() or _alive(pid):
                 continue  # another live launch's trial (or another machine's): leave it
             # (Optuna has no public call to set an attribute on another process's trial)
-            study._storage.set_trial_user_attr(t._trial_id, "sweeplab.interrupted", True)
+            study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={REQUEUED: t.number})
             log.warning("trial %d was left RUNNING by a dead launch: FAIL, parameters "
@@ -201,25 +138,33 @@ class SweeplabOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from optuna.trial import TrialState
 
-        from sweeplab.search import SearchError, display_url
+        from sweeplab.search import SearchError, check_search_settings, display_url
 
-        self._check()
+        check_search_settings(  # done by sweeplab's callback already; here for any other use
+            self.config, self.directions, self.n_trials, self.n_jobs, self.max_failure_rate,
+            self.study_name, self.params, arguments, self.storage,
+        )  # fmt: skip
         space, fixed = search_space(self.params, arguments)
         study = self.open_study()
         requeued = self.requeue_interrupted(study)
         study.sampler = self.sampler_for(study)
-        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        done = len(study.get_trials(deepcopy=False, states=ended))
         slots = self.slots()
-        log.info("study %s (%s): %d of %d trials done%s, %d in flight at a time",
-                 study.study_name, display_url(self.url), done, self.n_trials,
+        log.info("study %s (%s): %d of %d trials done or running%s, %d in flight at a time",
+                 study.study_name, display_url(self.url), self.counted(study), self.n_trials,
                  f", {requeued} queued again" if requeued else "", slots)  # fmt: skip
-        started, in_flight = 0, {}
+        in_flight = {}
         pool = ThreadPoolExecutor(slots, thread_name_prefix="trial") if slots > 1 else None
         try:
-            while in_flight or done + started < self.n_trials:
-                while len(in_flight) < slots and done + started < self.n_trials:
+            # The budget is read from the study before every trial: other launches of the same
+            # study (another shell, another machine) take their share of n_trials.
+            while in_flight or self.counted(study) < self.n_trials:
+                while len(in_flight) < slots and self.counted(study) < self.n_trials:
                     trial = study.ask(space)
+                    if self.counted(study, before=trial.number) >= self.n_trials:
+                        # another launch asked for the last trials between our count and ask
+                        trial.set_user_attr(OVER_BUDGET, True)
+                        study.tell(trial, state=TrialState.FAIL)
+                        break
                     trial.set_user_attr(OWNER, f"{socket.gethostname()}:{os.getpid()}")
                     overrides = self.overrides(study, trial, fixed)
                     shown = " ".join(f"{k}={v}" for k, v in trial.params.items())
@@ -230,12 +175,10 @@ class SweeplabOptunaSweeper(Sweeper):
                     else:
                         future = pool.submit(self._launch, trial, overrides)
                     in_flight[future] = trial
-                    started += 1
                 finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for future in finished:
                     self.tell(study, in_flight.pop(future), future)
-                failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                          if not t.user_attrs.get("sweeplab.interrupted")]  # fmt: skip
+                failed = self.failed(study)
                 if len(failed) > self.max_failure_rate * self.n_trials:
                     wait(list(in_flight))  # let the running ones end and be told
                     for future, trial in list(in_flight.items()):
@@ -245,10 +188,37 @@ class SweeplabOptunaSweeper(Sweeper):
                         f"(max_failure_rate={self.max_failure_rate}); last: "
                         f"{failed[-1].user_attrs.get('sweeplab.error', '?')}"
                     )
+        except SearchError as e:  # too many jobs failed: one line; the sweep summary follows
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         finally:  # on Ctrl-C, do not wait for trials still running: a relaunch requeues them
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
             self.finish(study)
+
+    @staticmethod
+    def counted(study, before: int | None = None) -> int:
+        """Trials that use up the budget, by any launch: ended or running, except those
+        failed by a dead launch (queued again) or over budget (never run)."""
+        from optuna.trial import TrialState
+
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        return sum(
+            1 for t in study.get_trials(deepcopy=False, states=states)
+            if not (t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(OVER_BUDGET))
+            and (before is None or t.number < before)
+        )  # fmt: skip
+
+    @staticmethod
+    def failed(study) -> list:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        return [
+            t
+            for t in trials
+            if not (t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(OVER_BUDGET))
+        ]
 
     def overrides(self, study, trial, fixed: dict) -> list[str]:
         params = {**trial.params, **fixed}
