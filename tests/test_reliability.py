@@ -6,6 +6,7 @@ Numbers in test names follow the scenario list in docs/reliability.md.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shlex
 import signal
@@ -553,3 +554,49 @@ def test_10_no_secret_reaches_the_store_or_any_file_by_any_route(mode, tmp_path)
         assert parsed["extra.tok"] == "${oc.env:SWEEPLAB_OVR_TOKEN}"
         assert parsed["db.password"] == "***" and run.info.run_name == "***"
         assert run.data.params["extra.tok"] == run.data.params["tracking.run_name"] == "***"
+
+
+class HealthyButBroken(http.server.BaseHTTPRequestHandler):
+    """A tracking server whose /health answers 200 and whose API answers 500."""
+
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 500)
+        self.end_headers()
+        self.wfile.write(b"OK" if self.path == "/health" else b"boom")
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_12_a_server_that_fails_its_api_names_no_credentials(small_cfg, capfd):
+    """Reliability 20: after 4 min of MLflow's retries the error showed `http://u:hunter2@…`.
+    The launch check retries twice, and neither its message nor anything logged holds it."""
+    import threading
+
+    from sweeplab import store
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthyButBroken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://u:hunter2@127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(TrackingError, match=r"refused the request") as e:
+            store.prepare_store(uri, "mlruns", "x")
+    finally:
+        server.shutdown()
+    assert "hunter2" not in str(e.value) and "u:***@127.0.0.1" in str(e.value)
+    out, err = capfd.readouterr()
+    assert "hunter2" not in out + err
+
+
+def test_10_log_records_of_any_library_have_credentials_masked():
+    import logging
+
+    from sweeplab.redact import RedactingFilter
+
+    url = "http://u:hunter2@h:5000/api"
+    record = logging.LogRecord("mlflow", logging.WARNING, __file__, 1,
+                               "API request to %s failed", (url,), None)  # fmt: skip
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == "API request to http://u:***@h:5000/api failed"

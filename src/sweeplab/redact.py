@@ -6,7 +6,9 @@ Redacted: values whose key looks like a credential, values that come from `${oc.
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -86,3 +88,25 @@ def redact_config(cfg: DictConfig) -> DictConfig:
         return redact_uri(node) if isinstance(node, str) and "oc.env" not in node else node
 
     return OmegaConf.create(clean(OmegaConf.to_container(cfg, resolve=False), ""))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks URI credentials in every record a handler writes, whoever logged it (MLflow's and
+    urllib3's messages carry request URLs as given, `http://user:password@host`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if URI_PASSWORD.search(message):
+            record.msg, record.args = redact_uri(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_uri("".join(traceback.format_exception(*record.exc_info)))
+        return True
+
+
+def redact_logs(*loggers: str) -> None:
+    """Put a RedactingFilter on every handler of the root logger and of `loggers` (those that
+    do not propagate, like MLflow's), once."""
+    for name in ("", *loggers):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())

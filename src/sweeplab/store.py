@@ -243,12 +243,14 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
         if db is not None:
             ensure_mlflow_schema(db)
         client = tracking.client(uri)
-        try:
-            found = client.get_experiment_by_name(experiment)
-        except MlflowException as e:  # /health answers even without credentials: ask for real
+        try:  # /health answers even without credentials or a working database: ask for real
+            with contextlib.nullcontext() if local else few_retries():
+                found = client.get_experiment_by_name(experiment)
+        except MlflowException as e:  # its text holds the request's URL, credentials and all
+            said = redact_uri(str(e).splitlines()[0])[:300]
             raise TrackingError(
-                f"tracking server {redact_uri(uri)} refused the request: {str(e)[:300]} "
-                "(with basic auth set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+                f"tracking server {redact_uri(uri)} refused the request: {said} (with basic "
+                "auth set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
             ) from None
         if found is not None and found.lifecycle_stage == "deleted":
             typed_uri = relativize_paths(redact_uri(resolve_uri(uri)), launch_dir())
@@ -271,6 +273,24 @@ def prepare_store(uri: str, root: str, experiment: str) -> str:
             if found is None:
                 raise
             return found.experiment_id
+
+
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+
+
+@contextlib.contextmanager
+def few_retries(n: int = 2):
+    """MLflow retries a failing request 7 times with exponential backoff (4 minutes against a
+    server that answers 500) before it says anything. The one check before a launch retries
+    `n` times, unless the user has set the variable."""
+    if RETRIES_ENV in os.environ:
+        yield
+        return
+    os.environ[RETRIES_ENV] = str(n)
+    try:
+        yield
+    finally:
+        os.environ.pop(RETRIES_ENV, None)
 
 
 # The experiment kind MLflow 3's UI writes for model training (its "Custom model development"

@@ -26,7 +26,7 @@ from sweeplab import store, tracking
 from sweeplab.errors import SweeplabError
 from sweeplab.identity import SEED, sweep_id
 from sweeplab.params import relativize_paths
-from sweeplab.redact import redact_override, redacted_overrides, typed_overrides
+from sweeplab.redact import redact_logs, redact_override, redacted_overrides, typed_overrides
 from sweeplab.schema import ConfigError, abspath, in_multirun
 from sweeplab.tracking import (
     PARENT_ENV,
@@ -240,9 +240,14 @@ class PrepareStoreCallback(Callback):
             _stop(e)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs("mlflow")
         self._prepare(config, config.hydra.run.dir)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs("mlflow")  # a job's own log handlers (Hydra sets them up per job)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_logs("mlflow")
         keys = swept_keys(typed_overrides(config.hydra.overrides.task))
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         if config.sweep.seeds > 1:  # the sweeper adds trainer.seed=s,s+1,...: one more swept key
