@@ -211,3 +211,21 @@ def test_without_data_dir_and_offline_the_session_stops_with_one_line(tmp_path):
     (line,) = [x for x in proc.stdout.splitlines() if "MNIST is needed" in x]
     assert "SWEEPLAB_DATA_DIR is not set" in line and str(tmp_path / "cache") in line
     assert "download" in line and "Traceback" not in proc.stdout
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_grey_images_are_scaled_not_clamped(tmp_path, channels):
+    """Reliability 20: convert('L') clamped a 16-bit PNG (99.7 % of pixels read as 255)."""
+    import numpy as np
+    from PIL import Image
+
+    from sweeplab.data import ImageFile
+
+    wide = (np.arange(64 * 64, dtype=np.float64).reshape(64, 64) * 16).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(wide).save(path)  # uint16: mode I;16
+    assert Image.open(path).mode in ("I", "I;16")  # PIL reads it back as 16 bits
+    x = ImageFile(channels, 64)(path)
+    expected = torch.from_numpy(np.rint(wide * (255 / 65535)).astype(np.uint8))
+    assert x.shape == (channels, 64, 64)
+    assert torch.equal(x[0], expected) and (x == 255).float().mean() < 0.01

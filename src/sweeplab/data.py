@@ -348,8 +348,24 @@ class ImageFile:
         from torchvision.transforms.v2.functional import pil_to_tensor
 
         with Image.open(path) as image:
+            if image.mode in WIDE_GREY:
+                image = _to_8_bits(image)
             x = pil_to_tensor(image.convert(self.mode))
         return x if x.shape[-2:] == (self.size, self.size) else self.fit(x)
+
+
+# PIL's modes for 16-bit grey files (PNG, TIFF): convert("L") would clamp every value above 255
+# to 255 (a medical or microscope image reads as nearly all white); they are scaled instead.
+WIDE_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _to_8_bits(image):
+    """A 16-bit grey image as 8-bit grey: value * 255 / 65535, rounded."""
+    import numpy as np
+    from PIL import Image
+
+    wide = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
 
 
 def _read_image_folders(base: Path, read_file: ImageFile) -> tuple[Path, Any, dict[str, Any]]:
