@@ -164,7 +164,10 @@ def test_an_exception_ends_the_run_failed_with_its_traceback(small_cfg, client, 
 def test_rerun_from_run_id_gives_equal_metrics(small_cfg, store_root, client, tmp_path):
     original = train(small_cfg("trainer.epochs=2", "model=lenet", "dataset.image_size=32"))
     uri = f"sqlite:///{store_root}/mlflow.db"
-    again = rerun(original["run_id"], tracking_uri=uri, output_dir=str(tmp_path / "rerun"))
+    # a folder with a space, a comma and a quote (was an OverrideParseException on output_dir=)
+    out = tmp_path / "re run, it's"
+    again = rerun(original["run_id"], tracking_uri=uri, output_dir=str(out))
+    assert (out / "checkpoints" / "best.pt").is_file()
     assert again["run_id"] != original["run_id"]
     assert again["test_acc"] == original["test_acc"]
     assert [h["train_loss"] for h in again["history"]] == [
@@ -184,3 +187,10 @@ def test_rerun_of_unknown_run_or_run_without_config_is_a_clear_error(store_root,
     bare = client.create_run(exp).info.run_id
     with pytest.raises(RerunError, match="no hydra/config.yaml"):
         rerun(bare, tracking_uri=uri)
+
+
+def test_a_rerun_with_a_typod_override_is_one_error(small_cfg, store_root):
+    original = train(small_cfg())
+    uri = f"sqlite:///{store_root}/mlflow.db"
+    with pytest.raises(RerunError, match=r"Could not override 'trainer.epoch'"):
+        rerun(original["run_id"], ["trainer.epoch=3"], tracking_uri=uri)

@@ -42,6 +42,14 @@ def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, str]
     return path, source.info.run_name
 
 
+def quoted(value: str) -> str:
+    """A value as a quoted Hydra override value: spaces, `=` and `,` in a path stay its own.
+    (Hydra reads a backslash as an escape only before a quote: those, and quotes, doubled.)"""
+    body = value.replace("'", "\\'")
+    trailing = len(body) - len(body.rstrip("\\"))
+    return f"'{body}{chr(92) * trailing}'"
+
+
 def rerun(
     run_id: str,
     overrides: list[str] | tuple[str, ...] = (),
@@ -50,6 +58,7 @@ def rerun(
 ) -> dict[str, Any]:
     """Train the logged config of `run_id` again; returns the new run's metrics."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
     import sweeplab
     from sweeplab.tracking import default_uri
@@ -59,9 +68,12 @@ def rerun(
     out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
     with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:
         config, source_name = fetch_config(run_id, uri, Path(tmp))
-        fixed = [f"output_dir={out}", f"tracking.source_run_id={run_id}"]
+        fixed = [f"output_dir={quoted(str(out))}", f"tracking.source_run_id={run_id}"]
         with initialize_config_dir(str(config.parent), version_base="1.3"):
-            cfg = compose(config.stem, overrides=[*fixed, *overrides])
+            try:
+                cfg = compose(config.stem, overrides=[*fixed, *overrides])
+            except (ConfigCompositionException, OverrideParseException) as e:
+                raise RerunError(str(e).splitlines()[0]) from None
         cfg.tracking.run_name = f"{source_name} (rerun)"
     return sweeplab.train(cfg)
 
