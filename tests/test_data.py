@@ -229,3 +229,19 @@ def test_16_bit_grey_images_are_scaled_not_clamped(tmp_path, channels):
     expected = torch.from_numpy(np.rint(wide * (255 / 65535)).astype(np.uint8))
     assert x.shape == (channels, 64, 64)
     assert torch.equal(x[0], expected) and (x == 255).float().mean() < 0.01
+
+
+def test_a_broken_image_in_a_training_folder_is_named_in_one_line(small_cfg, image_folder):
+    """Reliability 20: a truncated JPEG was a DataLoader-worker traceback naming no file."""
+    from sweeplab import train
+    from sweeplab.data import UnreadableImage
+
+    bad = image_folder / "train" / "digit1" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF truncated")
+    cfg = small_cfg("dataset=imagefolder", f"dataset.root={image_folder}", "dataset.in_channels=1",
+                    "dataset.mean=[0.13]", "dataset.std=[0.31]", "dataset.image_size=28",
+                    "dataset.num_workers=1")  # fmt: skip  # a real worker process
+    with pytest.raises(UnreadableImage) as e:
+        train(cfg)
+    message = str(e.value)
+    assert message.startswith(f"{bad}: not a readable image (") and "\n" not in message

@@ -331,6 +331,19 @@ def synthetic_dataset(
 # --- image folders -------------------------------------------------------------------------
 
 
+class UnreadableImage(DatasetError):
+    """An image file PIL cannot decode. One line wherever it surfaces: a DataLoader worker's
+    error reaches the training process as this type built from a message with the worker's
+    traceback in it, whose last line is this error's own text."""
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        last = message.rstrip().splitlines()[-1] if message.strip() else message
+        super().__init__(
+            last.split(marker, 1)[1] if "\n" in message and marker in last else message
+        )
+
+
 class ImageFile:
     """How an image file becomes a model's input, in training (image folders) and in
     `sweeplab-predict`: decoded by PIL into the dataset's channels, its short side resized to
@@ -347,10 +360,17 @@ class ImageFile:
         from PIL import Image
         from torchvision.transforms.v2.functional import pil_to_tensor
 
-        with Image.open(path) as image:
-            if image.mode in WIDE_GREY:
-                image = _to_8_bits(image)
-            x = pil_to_tensor(image.convert(self.mode))
+        try:
+            with Image.open(path) as image:
+                if image.mode in WIDE_GREY:
+                    image = _to_8_bits(image)
+                x = pil_to_tensor(image.convert(self.mode))
+        # PIL: not an image, truncated, or a decompression bomb (over twice its pixel limit)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            raise UnreadableImage(
+                f"{path}: not a readable image ({cause}); remove or replace the file"
+            ) from None
         return x if x.shape[-2:] == (self.size, self.size) else self.fit(x)
 
 

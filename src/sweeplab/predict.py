@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sweeplab import logged_model, tracking
-from sweeplab.data import ImageFile
+from sweeplab.data import ImageFile, UnreadableImage
 from sweeplab.errors import SweeplabError
 
 log = logging.getLogger("sweeplab")
@@ -52,7 +51,7 @@ def image_files(paths: list[str]) -> list[Path]:
 def predict(
     model, meta: dict, files: list[Path], batch_size: int = 256
 ) -> Iterator[tuple[Path, str | None, float | str]]:
-    """(file, predicted class, its probability) per file; (file, None, error) for a file that
+    """(file, predicted class, its probability) per file; (file, None, why) for a file that
     cannot be read, and the rest go on."""
     classes = meta["classes"]
     read = ImageFile(int(meta["in_channels"]), int(meta["image_size"]))
@@ -62,9 +61,8 @@ def predict(
             try:
                 images.append(read(path))
                 batch.append(path)
-            # PIL: not an image, truncated, or a decompression bomb (over 2x its pixel limit)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                yield path, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            except UnreadableImage as e:  # not an image, truncated, a decompression bomb
+                yield path, None, str(e)
         if not images:
             continue
         with torch.no_grad():
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerow(["file", "class", "probability"])
         for path, label, prob in predict(model, meta, files, args.batch_size):
             if label is None:
-                failed.append(f"{path}: {prob}")
+                failed.append(prob)
                 continue
             writer.writerow([str(path), label, f"{prob:.6f}"])
             done += 1

@@ -220,6 +220,12 @@ def validate(cfg: DictConfig) -> None:
                 f"dataset.{key} has {len(values)} values but dataset.in_channels={channels}: "
                 f"give one per channel, e.g. dataset.{key}=[{', '.join(['0.5'] * channels)}]"
             )
+    experiment = OmegaConf.select(cfg, "tracking.experiment")
+    if experiment is not None and not str(experiment).strip():
+        raise ConfigError(
+            f"tracking.experiment={str(experiment)!r} is empty: give the experiment a name, or "
+            "leave it out (the dataset's name is the default)"
+        )
     if cfg.sweep.register_best and not cfg.tracking.log_model:
         raise ConfigError(
             f"sweep.register_best={cfg.sweep.register_best} registers the best run's logged "
