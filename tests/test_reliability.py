@@ -600,3 +600,22 @@ def test_10_log_records_of_any_library_have_credentials_masked():
                                "API request to %s failed", (url,), None)  # fmt: skip
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "API request to http://u:***@h:5000/api failed"
+
+
+def test_6_checkpoint_messages_name_the_cause(tmp_path, monkeypatch):
+    """Reliability 20: a full disk read `unexpected pos`, a folder "does not exist" and a text
+    file "holds objects beyond tensors"."""
+    import tempfile
+
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+    text = tmp_path / "notes.pt"
+    text.write_text("epoch 3 was the best\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pt is not a PyTorch checkpoint"):
+        load_checkpoint(text)
+    # a real ENOSPC: the temporary file save_checkpoint writes is /dev/full
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY),
+                                                          str(tmp_path / "gone.tmp")))  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"best\.pt: no space left on device \(\d+ MiB free"):
+        save_checkpoint({"w": torch.zeros(1_000_000)}, tmp_path / "best.pt")
+    assert not (tmp_path / "best.pt").exists()

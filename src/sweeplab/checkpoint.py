@@ -6,8 +6,10 @@ None), so `torch.load(path, weights_only=True)` can read it without trusting pic
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -41,16 +43,44 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _caused_by(e, errno.ENOSPC, errno.EDQUOT):  # torch says "unexpected pos" first
+            free = shutil.disk_usage(path.parent).free
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: no space left on device ({free / 2**20:.0f} "
+                "MiB free there); free some space or point output_dir elsewhere"
+            ) from None
         raise
     return path
 
 
+def _caused_by(error: BaseException | None, *codes: int) -> bool:
+    """Whether an OSError with one of `codes` is anywhere in the chain that led to `error`."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in codes:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (e.g. {path}/last.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path} is empty: truncated or corrupt")
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, legacy pickle
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+            f"starts with {head!r})"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
