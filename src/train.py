@@ -25,7 +25,22 @@ def main(cfg: DictConfig) -> float | list[float]:
     return optimized_values(metrics, cfg.optimized_metric)
 
 
+# Hydra's modes, of which one command may give one (Hydra itself raises a ValueError
+# traceback for two of them, before any of this file's code can catch it).
+MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i"}
+
+
+def modes_given(argv: list[str]) -> list[str]:
+    given = {a.split("=", 1)[0] for a in argv}
+    return [long for long, short in MODES.items() if long in given or short in given]
+
+
 if __name__ == "__main__":
+    if len(modes := modes_given(sys.argv[1:])) > 1:
+        print(f"error: {' and '.join(modes)} cannot be combined: give one of them (to see a "
+              "sweep job's config, drop -m: python src/train.py --cfg job <overrides>)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     try:
         main()
     except KeyboardInterrupt:  # the run was already closed as KILLED

@@ -161,6 +161,7 @@ def test_an_offline_sweep_stops_once_before_any_job_and_creates_no_store(tmp_pat
         (["optimizer.lr=abc"], "optimizer.lr='abc' has the wrong type"),
         (["trainer.epochs=0"], "trainer.epochs=0 is invalid"),
         (["model=resnet19"], "simple_cnn"),
+        (["-m", "--cfg", "job", "trainer.seed=1,2"], "--multirun and --cfg cannot be combined"),
         # the ones that get as far as loading data are slow: in the full run only
         pytest.param(
             ["dataset=cifar10", "dataset.download=false"],
