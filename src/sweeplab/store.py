@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import socket
 import sqlite3
 import tempfile
@@ -178,6 +179,7 @@ def ensure_mlflow_schema(db: Path) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)  # sqlite makes the file, not its folder
     if stale := sqlite_db.remove_temporaries(db):
         log.info("removed %d temporary file(s) of an interrupted store creation", stale)
+    state, problem = "incomplete", "another process kept replacing it while it was checked"
     for _ in range(3):  # a second process may create or change the file between two looks
         if not db.exists() or db.stat().st_size == 0:
             if db.exists():  # an empty file: sqlite may be about to write its first page
@@ -210,16 +212,17 @@ def ensure_mlflow_schema(db: Path) -> None:
             return
         break
     shown = relativize_paths(str(db), launch_dir())
-    repair = (
-        "upgrade MLflow (pip install -U mlflow) to use it, or point tracking.root / "
-        "tracking.uri at another store"
-        if state == "newer"
-        else f"restore it from a backup, or move it aside and start a new store: `mv {shown} "
-        f"{shown}.broken`"
-    )
+    if state == "newer":
+        raise TrackingError(
+            f"tracking.uri: the store file {shown} was made by a newer MLflow ({problem}); "
+            "sweeplab leaves it untouched: upgrade MLflow (pip install -U mlflow) to use it, "
+            "or point tracking.root / tracking.uri at another store"
+        )
+    quoted = shlex.quote(shown)
     raise TrackingError(
         f"tracking.uri: the store file {shown} is not usable ({problem}); it holds runs, so "
-        f"sweeplab leaves it untouched: {repair}"
+        "sweeplab leaves it untouched: restore it from a backup, or move it aside and start a "
+        f"new store: `mv {quoted} {shlex.quote(shown + '.broken')}`"
     )
 
 
