@@ -422,7 +422,7 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
 
     # README's `mlflow models predict` on the model's own serving example: the model's logits
     serving = tmp_path / "serving"
-    menv = {**env, "MLFLOW_TRACKING_URI": uri}
+    menv = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
     subprocess.run(["mlflow", "artifacts", "download", "-u",
                     "models:/digits@best/serving_input_example.json", "-d", str(serving)],
                    env=menv, check=True, capture_output=True, timeout=300)  # fmt: skip
