@@ -1,6 +1,7 @@
 """Train one configuration, or sweep many with -m. See README.md and conf/train.yaml."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 import sweeplab
 from sweeplab.errors import SweeplabError
+from sweeplab.schema import command_line_problem
 from sweeplab.search import optimized_values
 
 
@@ -25,21 +27,10 @@ def main(cfg: DictConfig) -> float | list[float]:
     return optimized_values(metrics, cfg.optimized_metric)
 
 
-# Hydra's modes, of which one command may give one (Hydra itself raises a ValueError
-# traceback for two of them, before any of this file's code can catch it).
-MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i"}
-
-
-def modes_given(argv: list[str]) -> list[str]:
-    given = {a.split("=", 1)[0] for a in argv}
-    return [long for long, short in MODES.items() if long in given or short in given]
-
-
 if __name__ == "__main__":
-    if len(modes := modes_given(sys.argv[1:])) > 1:
-        print(f"error: {' and '.join(modes)} cannot be combined: give one of them (to see a "
-              "sweep job's config, drop -m: python src/train.py --cfg job <overrides>)",
-              file=sys.stderr)  # fmt: skip
+    # What Hydra would report as a traceback or its own message with exit 1: one line, exit 2
+    if problem := command_line_problem(sys.argv[1:], Path(__file__).parents[1] / "conf"):
+        print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     try:
         main()

@@ -187,6 +187,15 @@ def test_bad_input_gives_one_clear_error_and_nonzero_exit(args, message, tmp_pat
     assert "Traceback" not in proc.stderr
 
 
+def test_an_unknown_group_option_is_one_line_and_exit_2(tmp_path, data_dir):
+    proc = run_cli(["-m", "model=simple_cnn,resnet19"], tmp_path, data_dir, 300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    options = "lenet, resnet18, simple_cnn, torchvision"
+    said = f"error: Could not find 'model/resnet19': the options of model are {options}"
+    assert proc.stderr.strip() == said
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_input_writes_no_tracking_store(tmp_path, data_dir):
     proc = run_cli(["dataset=mnist", "optimizer.lr=-1"], tmp_path, data_dir, 300)
     assert proc.returncode == 2 and "optimizer.lr=-1 is invalid" in proc.stderr

@@ -215,3 +215,26 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
     with pytest.raises(DatasetError, match="download failed") as err:
         build(cfg.dataset, device=torch.device("cpu"), seed=0)
     assert str(tmp_path / "cifar-10-batches-py") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (
+            ["model=resnet19"],
+            "Could not find 'model/resnet19': the options of model are lenet, "
+            "resnet18, simple_cnn, torchvision",
+        ),  # fmt: skip
+        (["-m", "optimizer=sgd,adamm"], "Could not find 'optimizer/adamm'"),
+        (["+experiment=quick"], "Could not find 'experiment/quick'"),
+        (["-m", "--cfg", "job"], "--multirun and --cfg cannot be combined"),
+        (["-m", "optimizer=sgd,adam", "model=simple_cnn,resnet18"], None),  # the headline
+        (["hydra/launcher=joblib", "trainer.epochs=3", "optimizer.lr=0.1"], None),
+    ],
+)
+def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem):
+    from conftest import CONF
+    from sweeplab.schema import command_line_problem
+
+    found = command_line_problem(argv, CONF)
+    assert found == problem if problem is None else found.startswith(problem)

@@ -313,3 +313,42 @@ def _matches(value: Any, expected: Any) -> bool:
 
 def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+
+
+# --- the command line, before Hydra reads it ------------------------------------------------
+
+# Hydra's modes, of which one command may give one (Hydra raises a ValueError traceback for
+# two, before a task function runs).
+MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i"}
+
+
+def command_line_problem(argv: list[str], conf: Path) -> str | None:
+    """What is wrong with a train.py command line that Hydra would not say in one line: two
+    modes at once, or a config-group option with no file in `conf/` (Hydra: its own
+    multi-line message, exit 1). None when Hydra may have it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    given = {a.split("=", 1)[0] for a in argv}
+    modes = [long for long, short in MODES.items() if long in given or short in given]
+    if len(modes) > 1:
+        return (f"{' and '.join(modes)} cannot be combined: give one of them (to see a sweep "
+                "job's config, drop -m: python src/train.py --cfg job <overrides>)")  # fmt: skip
+    lines = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(lines)
+    except OverrideParseException:
+        return None  # Hydra's own message for a malformed override is one line already
+    for override in overrides:
+        group = override.key_or_group
+        folder = conf / group
+        if group.startswith("hydra") or "." in group or not folder.is_dir():
+            continue  # a knob, or a group of Hydra's plugins
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.get_value_element_as_str()])  # fmt: skip
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        for value in values:
+            if value not in options and value != "null":
+                return (f"Could not find '{group}/{value}': the options of {group} are "
+                        f"{', '.join(options)}")  # fmt: skip
+    return None
