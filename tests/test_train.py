@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,36 @@ def test_rerun_from_run_id_gives_equal_metrics(small_cfg, store_root, client, tm
     assert new.data.tags["sweeplab.source_run_id"] == original["run_id"]
     assert new.info.run_name.endswith("(rerun)")
     assert new.info.experiment_id == client.get_run(original["run_id"]).info.experiment_id
+
+
+def test_a_run_records_its_environment_and_a_rerun_says_what_differs(
+    small_cfg, store_root, client, tmp_path, caplog
+):
+    """Issue 23 (environment part): key versions as tags, every distribution as
+    environment/requirements.txt (no paths); a rerun prints what differs, nothing if all match."""
+    import importlib.metadata
+    import logging
+
+    original = train(small_cfg())
+    run = client.get_run(original["run_id"])
+    assert run.data.tags["sweeplab.env.torch"] == importlib.metadata.version("torch")
+    assert run.data.tags["sweeplab.env.python"] == sys.version.split()[0]
+    assert {"sweeplab.env.mlflow", "sweeplab.env.cuda", "sweeplab.env.cpu"} <= set(run.data.tags)
+    text = Path(client.download_artifacts(run.info.run_id, "environment/requirements.txt",
+                                          str(tmp_path))).read_text()  # fmt: skip
+    lines = text.splitlines()[1:]
+    assert f"torch=={importlib.metadata.version('torch')}" in lines
+    assert f"mlflow=={importlib.metadata.version('mlflow')}" in lines
+    assert all("/" not in line and "==" in line for line in lines)
+
+    uri = f"sqlite:///{store_root}/mlflow.db"
+    caplog.set_level(logging.WARNING, logger="sweeplab.rerun")
+    rerun(original["run_id"], tracking_uri=uri, output_dir=str(tmp_path / "same"))
+    assert "another environment" not in caplog.text
+    client.set_tag(original["run_id"], "sweeplab.env.torch", "2.0.0")
+    rerun(original["run_id"], tracking_uri=uri, output_dir=str(tmp_path / "changed"))
+    (line,) = [r.getMessage() for r in caplog.records if "another environment" in r.getMessage()]
+    assert line.endswith(f"torch 2.0.0 -> {importlib.metadata.version('torch')}")
 
 
 def test_rerun_of_unknown_run_or_run_without_config_is_a_clear_error(store_root, client):

@@ -14,15 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sweeplab import environment
 from sweeplab.errors import SweeplabError
+
+log = logging.getLogger(__name__)
 
 
 class RerunError(SweeplabError, RuntimeError):
     """The source run or its config cannot be found."""
 
 
-def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, str]:
-    """Download the run's logged config into `dest`; returns (its path, the run's name)."""
+def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, Any]:
+    """Download the run's logged config into `dest`; returns (its path, the run)."""
     from mlflow.exceptions import MlflowException
 
     from sweeplab.tracking import client as store_client
@@ -39,7 +42,7 @@ def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, str]
             f"run {run_id} has no hydra/config.yaml artifact, so it cannot be re-run "
             "(was it logged by sweeplab?)"
         ) from None
-    return path, source.info.run_name
+    return path, source
 
 
 def quoted(value: str) -> str:
@@ -67,7 +70,11 @@ def rerun(
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
     with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:
-        config, source_name = fetch_config(run_id, uri, Path(tmp))
+        config, source = fetch_config(run_id, uri, Path(tmp))
+        source_name = source.info.run_name
+        if changed := environment.differences(source.data.tags):
+            log.warning("re-running %s in another environment than it ran in: %s", run_id,
+                        "; ".join(changed))  # fmt: skip
         fixed = [f"output_dir={quoted(str(out))}", f"tracking.source_run_id={run_id}"]
         with initialize_config_dir(str(config.parent), version_base="1.3"):
             try:

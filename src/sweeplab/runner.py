@@ -20,7 +20,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import distributed, lineage, logged_model, store, tracking
+from sweeplab import distributed, environment, lineage, logged_model, store, tracking
 from sweeplab.augment import Normalize
 from sweeplab.checkpoint import (
     load_checkpoint,
@@ -237,6 +237,7 @@ def open_run(cfg: DictConfig, where: Where, plan: Plan, chash: str, parts: Parts
             run.log_inputs(lineage.dataset_inputs(parts.datasets))
             for path in write_config_files(cfg, Path(cfg.output_dir)):
                 run.log_artifact(path, "hydra")
+            run.log_text(environment.requirements(), "environment/requirements.txt")
             run.set_tags({"sweeplab.reproduce_run": f"sweeplab-rerun {run.run_id}"})
         else:  # an epoch checkpointed but killed before its metrics were logged
             logged = max((m.step for m in run.metric_history("val_acc")), default=0)

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sweeplab import identity
+from sweeplab import environment, identity
 from sweeplab.errors import SweeplabError
 from sweeplab.identity import override_key, semantic_overrides
 from sweeplab.params import git_state, relativize_paths
@@ -347,6 +347,7 @@ def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool
         **identity_tags(cfg, config_hash),
         "sweeplab.threads": str(torch.get_num_threads()),
         "sweeplab.device": str(device),
+        **environment.tags(),
         **sweep_tags(run_is_new),
     })  # fmt: skip
     return name, tags
