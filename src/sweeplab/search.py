@@ -72,7 +72,7 @@ def create_study_file(url: str) -> None:
     lock beside it, so an interrupted first search leaves no half-made optuna.db."""
     import optuna
 
-    path = Path(url[len("sqlite:///") :].split("?")[0]) if url.startswith("sqlite:///") else None
+    path = sqlite_db.sqlite_path(url)
     if path is None or (path.exists() and path.stat().st_size > 0):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def check_search_settings(config: DictConfig, directions: list[str], n_trials, n
         raise SearchError(f"hydra.sweeper.study_name={pinned!r}: letters, digits, _.-")
     space, _ = search_space(params, arguments)
     url = storage_url(storage, config.tracking)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :].split("?")[0]).exists():
+    if (path := sqlite_db.sqlite_path(url)) is not None and not path.exists():
         return  # no study file yet, so no study to continue (and nothing made by a check)
     check_study(open_storage(url), study_name(config, pinned), directions, space, bool(pinned))
 

@@ -22,6 +22,14 @@ from pathlib import Path
 CREATING = ".creating-"  # temporary files: .<name>.creating-<pid>-<random>[-journal]
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///<path>[?query]` URL, else None (any other database)."""
+    return Path(url[len(SQLITE) :].split("?")[0]) if url.startswith(SQLITE) else None
+
+
 def temporaries(path: Path) -> list[Path]:
     """Files a creation of `path` left behind (only ever stale when the caller holds the lock)."""
     return sorted(path.parent.glob(f".{path.name}{CREATING}*"))
@@ -57,7 +65,7 @@ def create_whole(path: Path, make: Callable[[str], None], *, replace: bool = Fal
     returned. With `replace`, an existing file (one found incomplete and empty) is replaced.
     """
     with temporary_beside(path) as tmp:
-        make(f"sqlite:///{tmp}")
+        make(f"{SQLITE}{tmp}")
         _fsync(tmp)
         if replace:
             os.replace(tmp, path)
@@ -78,7 +86,7 @@ def create_whole(path: Path, make: Callable[[str], None], *, replace: bool = Fal
 
 def copy_into(source: Path, url: str) -> None:
     """A consistent copy of `source` at the sqlite `url` (SQLite's online backup)."""
-    target = url[len("sqlite:///") :]
+    target = sqlite_path(url)
     ro = f"{source.as_uri()}?mode=ro"
     with (
         contextlib.closing(sqlite3.connect(ro, uri=True)) as src,

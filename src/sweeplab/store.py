@@ -67,8 +67,7 @@ def check_store(uri: str, root: str) -> None:
 
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a `sqlite:///` store (absolute, from the launch dir), else None."""
-    db = resolve_uri(uri)
-    return Path(db[len("sqlite:///") :]) if db.startswith("sqlite:///") else None
+    return sqlite_db.sqlite_path(resolve_uri(uri))
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -229,7 +228,7 @@ def ensure_mlflow_schema(db: Path) -> None:
 def _upgraded_copy(db: Path, url: str) -> None:
     sqlite_db.copy_into(db, url)
     mlflow_tables(url)
-    state, problem = schema_problem(Path(url[len("sqlite:///") :]))
+    state, problem = schema_problem(sqlite_db.sqlite_path(url))
     if state != "current":
         raise TrackingError(problem or state)
 
