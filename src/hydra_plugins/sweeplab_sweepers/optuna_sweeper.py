@@ -37,6 +37,12 @@ INTERRUPTED = "sweeplab.interrupted"  # FAIL because its launch died; its parame
 OVER_BUDGET = "sweeplab.over_budget"  # asked for after other launches used up n_trials: not run
 
 
+def counts(trial) -> bool:
+    """Whether a trial is one of the search's own: not failed by a dead launch (its
+    parameters were queued again) nor asked for past the budget (never run)."""
+    return not (trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(OVER_BUDGET))
+
+
 class SweeplabOptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs,
                  max_failure_rate, params) -> None:  # fmt: skip
@@ -203,22 +209,14 @@ class SweeplabOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-        return sum(
-            1 for t in study.get_trials(deepcopy=False, states=states)
-            if not (t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(OVER_BUDGET))
-            and (before is None or t.number < before)
-        )  # fmt: skip
+        return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+                   if counts(t) and (before is None or t.number < before))  # fmt: skip
 
     @staticmethod
     def failed(study) -> list:
         from optuna.trial import TrialState
 
-        trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        return [
-            t
-            for t in trials
-            if not (t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(OVER_BUDGET))
-        ]
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if counts(t)]
 
     def overrides(self, study, trial, fixed: dict) -> list[str]:
         params = {**trial.params, **fixed}
