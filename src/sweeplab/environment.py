@@ -2,8 +2,9 @@
 
 Each run records the key versions as tags (`sweeplab.env.<name>`, columns in the MLflow UI) and
 every installed distribution as `environment/requirements.txt` (`name==version`, as `pip
-freeze` prints them but read from importlib.metadata: no paths, so nothing of the machine's
-layout). A re-run compares the recorded tags with this process and prints what differs.
+freeze` prints them but read from the `*.dist-info` folder names on sys.path: no paths, so
+nothing of the machine's layout). A re-run compares the recorded tags with this process and
+prints what differs.
 """
 
 from __future__ import annotations
