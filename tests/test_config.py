@@ -230,11 +230,21 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
         (["-m", "--cfg", "job"], "--multirun and --cfg cannot be combined"),
         (["-m", "optimizer=sgd,adam", "model=simple_cnn,resnet18"], None),  # the headline
         (["hydra/launcher=joblib", "trainer.epochs=3", "optimizer.lr=0.1"], None),
+        # A group option in a folder the user adds is one Hydra finds: not refused
+        (["hydra.searchpath=[file://{extra}]", "experiment=mine"], None),
+        (["--config-dir", "{extra}", "experiment=mine"], None),
+        (
+            ["hydra.searchpath=[file://{extra}]", "experiment=yours"],
+            "Could not find 'experiment/yours': the options of experiment are mine, mnist_quick",
+        ),
+        (["hydra.searchpath=[pkg://somewhere.conf]", "experiment=mine"], None),  # Hydra's call
     ],
 )
-def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem):
+def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem, tmp_path):
     from conftest import CONF
     from sweeplab.schema import command_line_problem
 
-    found = command_line_problem(argv, CONF)
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")
+    found = command_line_problem([a.replace("{extra}", str(tmp_path)) for a in argv], CONF)
     assert found == problem if problem is None else found.startswith(problem)

@@ -324,8 +324,9 @@ MODES = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i"}
 
 def command_line_problem(argv: list[str], conf: Path) -> str | None:
     """What is wrong with a train.py command line that Hydra would not say in one line: two
-    modes at once, or a config-group option with no file in `conf/` (Hydra: its own
-    multi-line message, exit 1). None when Hydra may have it."""
+    modes at once, or a config-group option with no file in `conf/` nor in a folder added by
+    `hydra.searchpath=[file://...]` or `--config-dir` (Hydra: its own multi-line message, exit
+    1). None when Hydra may have it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -339,16 +340,40 @@ def command_line_problem(argv: list[str], conf: Path) -> str | None:
         overrides = OverridesParser.create().parse_overrides(lines)
     except OverrideParseException:
         return None  # Hydra's own message for a malformed override is one line already
+    roots = _config_roots(argv, overrides, conf)
+    if roots is None:
+        return None  # a search path only Hydra can read (pkg://): Hydra decides
     for override in overrides:
         group = override.key_or_group
-        folder = conf / group
-        if group.startswith("hydra") or "." in group or not folder.is_dir():
+        folders = [root / group for root in roots if (root / group).is_dir()]
+        if group.startswith("hydra") or "." in group or not folders:
             continue  # a knob, or a group of Hydra's plugins
         values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
                   else [override.get_value_element_as_str()])  # fmt: skip
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        options = sorted({f.stem for folder in folders for f in folder.glob("*.yaml")})
         for value in values:
             if value not in options and value != "null":
                 return (f"Could not find '{group}/{value}': the options of {group} are "
                         f"{', '.join(options)}")  # fmt: skip
     return None
+
+
+def _config_roots(argv: list[str], overrides: list, conf: Path) -> list[Path] | None:
+    """The folders Hydra composes from: `conf/`, `--config-dir`/`-cd` and the `file://`
+    entries of `hydra.searchpath`; None if one of them is not a folder on disk."""
+    roots = [conf]
+    for i, arg in enumerate(argv):
+        for flag in ("--config-dir", "-cd"):
+            if arg == flag and i + 1 < len(argv):
+                roots.append(Path(argv[i + 1]))
+            elif arg.startswith(flag + "="):
+                roots.append(Path(arg.split("=", 1)[1]))
+    for override in overrides:
+        if override.key_or_group != "hydra.searchpath":
+            continue
+        value = override.value()
+        for entry in value if isinstance(value, list) else [value]:
+            if not str(entry).startswith("file://"):
+                return None
+            roots.append(Path(str(entry).removeprefix("file://")))
+    return roots
