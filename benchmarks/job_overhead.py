@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import compose_cfg  # noqa: E402
-from sweeplab import store, tracking, train  # noqa: E402
+from sweeplab.job import train  # noqa: E402
+from sweeplab.track import store, tracking
 
 
 def main() -> None:
@@ -54,7 +55,8 @@ def main() -> None:
 
     uri = f"sqlite:///{root}/mlflow.db"
     exp = store.prepare_store(uri, str(root), "bench-metrics")
-    with tracking.tracked_run(uri, exp, "metrics", {}) as run:
+
+    def log_many(run):
         names = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "ips"]
         start = time.perf_counter()
         steps = 200
@@ -63,9 +65,12 @@ def main() -> None:
         caller = (time.perf_counter() - start) / (steps * len(names))
         run.flush()
         total = (time.perf_counter() - start) / (steps * len(names))
+        return (caller, total, len(names)), "FINISHED"
+
+    caller, total, n = tracking.run_to_end(uri, exp, "metrics", {}, log_many)
     print(f"2. tracking: {1000 * caller:.3f} ms per metric value paid by the training loop, "
           f"{1000 * total:.3f} ms including the background write to sqlite "
-          f"({len(names)} values per log_batch call)")  # fmt: skip
+          f"({n} values per log_batch call)")  # fmt: skip
 
 
 if __name__ == "__main__":

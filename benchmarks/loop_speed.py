@@ -29,12 +29,12 @@ import time
 import numpy as np
 import torch
 
-from sweeplab import augment as aug
-from sweeplab import mixing
-from sweeplab.data import TensorSplit
-from sweeplab.loop import train_epoch
-from sweeplab.models import simple_cnn
-from sweeplab.optim import constant_lr
+from sweeplab.train import augment as aug
+from sweeplab.train import mixing
+from sweeplab.train.data import TensorSplit
+from sweeplab.train.loop import train_epoch
+from sweeplab.train.models import simple_cnn
+from sweeplab.train.optim import constant_lr
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CPU = torch.device("cpu")

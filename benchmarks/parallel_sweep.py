@@ -12,7 +12,7 @@ Both launch the same command line as a user would (a subprocess of src/train.py 
 4 jobs being trainer.seed=1,2,3,4 on a synthetic CIFAR-shaped set, simple_cnn, batch 128),
 each into a fresh store, alternating sequential / parallel so drift hits both alike. The
 sequential sweep uses torch's default threads (all cores); the joblib one gives each of its
-2 parallel jobs cores // 2 threads (sweeplab.sweep.placement). Reports the median wall time
+2 parallel jobs cores // 2 threads (sweeplab.sweep.jobs.placement). Reports the median wall time
 of each and their ratio (goal: parallel <= 0.6x sequential).
 """
 

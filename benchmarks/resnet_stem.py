@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from sweeplab.models import torchvision_model
+from sweeplab.train.models import torchvision_model
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from sweeplab import store
+from sweeplab.track import store
 
 
 def in_place(folder: Path) -> float:

@@ -8,16 +8,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import sweeplab
+from sweeplab.config.schema import command_line_problem
 from sweeplab.errors import SweeplabError
-from sweeplab.schema import command_line_problem
-from sweeplab.search import optimized_values
+from sweeplab.job import train
+from sweeplab.sweep.search import optimized_values
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | list[float]:
     try:
-        metrics = sweeplab.train(cfg)
+        metrics = train(cfg)
     except SweeplabError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # this job fails, the sweep goes on; the summary lists it at the end

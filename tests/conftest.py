@@ -46,7 +46,7 @@ def data_dir() -> Path:
     under the lock a sweep uses). If neither works the session stops with one line."""
     import torchvision
 
-    from sweeplab.data import download_lock
+    from sweeplab.train.data import download_lock
 
     root = os.environ.get(DATA_ENV)
     if root:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeplab import train
+from sweeplab.job import train
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import GROUPS, compose_cfg
-from sweeplab import augment, mixing
-from sweeplab.runner import build
+from sweeplab.train import augment, mixing
+from sweeplab.train.trainer import build
 
 
 def _batch(n=64, c=3, size=32, seed=0):

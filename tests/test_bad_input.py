@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO, compose_cfg, store_client
-from sweeplab import train
-from sweeplab.rerun import rerun
+from sweeplab.cli.rerun import rerun
+from sweeplab.job import train
 
 DOC = REPO / "docs" / "reliability.md"
 
@@ -58,7 +58,7 @@ def placeholders(tmp_path_factory, data_dir, store_root):
     import torchvision
 
     torchvision.io.write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(one / "0.png"))
-    from sweeplab.models import torchvision_model
+    from sweeplab.train.models import torchvision_model
 
     torch.save(torchvision_model("resnet34", 3, 10).state_dict(), tmp / "r34.pt")
     with socket.socket() as s:

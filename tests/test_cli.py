@@ -69,7 +69,7 @@ def test_rerun_from_saved_hydra_config_gives_equal_metrics(headline_sweep, data_
     cwd, client, _ = headline_sweep
     exp = client.get_experiment_by_name("mnist")
     (original,) = client.search_runs(
-        [exp.experiment_id], "params.model._target_ = 'sweeplab.models.simple_cnn' and "
+        [exp.experiment_id], "params.model._target_ = 'sweeplab.train.models.simple_cnn' and "
         "params.optimizer._target_ = 'torch.optim.Adam'",
     )  # fmt: skip
     job_dir = cwd / original.data.tags["hydra.output_dir"]

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import GROUPS, compose_cfg
-from sweeplab.data import DatasetError
-from sweeplab.optim import build_optimizer
-from sweeplab.runner import build
-from sweeplab.schema import ConfigError, validate
+from sweeplab.config.schema import ConfigError, validate
+from sweeplab.train.data import DatasetError
+from sweeplab.train.optim import build_optimizer
+from sweeplab.train.trainer import build
 
 
 def test_groups_offer_what_the_readme_promises():
@@ -30,7 +30,7 @@ def test_groups_offer_what_the_readme_promises():
 def test_defaults_are_the_headline_setup():
     cfg = compose_cfg()
     assert cfg.dataset.name == "cifar10"
-    assert cfg.model._target_ == "sweeplab.models.simple_cnn"
+    assert cfg.model._target_ == "sweeplab.train.models.simple_cnn"
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     assert (cfg.optimizer.lr, cfg.optimizer.momentum) == (0.001, 0.9)
     assert cfg.dataset.val_fraction == 0.1
@@ -242,7 +242,7 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
 )
 def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem, tmp_path):
     from conftest import CONF
-    from sweeplab.schema import command_line_problem
+    from sweeplab.config.schema import command_line_problem
 
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import TRAIN_SCRIPT, job_runs, store_client
-from sweeplab import logged_model, train
+from sweeplab.job import train
+from sweeplab.track import logged_model
 
 # lenet has no BatchNorm and augmentation=none: a 2-rank run then computes the same global
 # gradients as one process with the same global batch, up to float rounding.

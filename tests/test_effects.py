@@ -9,21 +9,23 @@ import torch
 from torch import nn
 
 from conftest import GROUPS
-from sweeplab import loop, runner, train
-from sweeplab.sweep import plan_job
+from sweeplab.job import train
+from sweeplab.sweep.jobs import plan_job
+from sweeplab.train import loop
+from sweeplab.train import trainer as core
 
 
 def test_label_smoothing_reaches_the_loss_as_computed_by_hand(small_cfg, monkeypatch):
     """The training loss of a run with trainer.label_smoothing=eps is
     (1 - eps) * cross-entropy + eps * mean over classes of -log p."""
     seen = {}
-    real = runner.train_epoch
+    real = core.train_epoch
 
     def spy(*args, loss_fn, **kw):
         seen["loss_fn"] = loss_fn
         return real(*args, loss_fn=loss_fn, **kw)
 
-    monkeypatch.setattr(runner, "train_epoch", spy)
+    monkeypatch.setattr(core, "train_epoch", spy)
     train(small_cfg("trainer.label_smoothing=0.2"))
     logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
     y = torch.arange(16) % 10
@@ -97,13 +99,13 @@ def test_every_scheduler_runs_inside_train_and_moves_the_lr_as_configured(
 
 def test_deterministic_mode_is_on_during_the_run_and_runs_are_identical(small_cfg, monkeypatch):
     states = []
-    real = runner.train_epoch
+    real = core.train_epoch
 
     def spy(*args, **kw):
         states.append(torch.are_deterministic_algorithms_enabled())
         return real(*args, **kw)
 
-    monkeypatch.setattr(runner, "train_epoch", spy)
+    monkeypatch.setattr(core, "train_epoch", spy)
     overrides = ("trainer.deterministic=true", "trainer.epochs=2", "augmentation=randaugment")
     a, b = train(small_cfg(*overrides)), train(small_cfg(*overrides))
     torch.use_deterministic_algorithms(False)

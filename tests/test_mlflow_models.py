@@ -19,11 +19,14 @@ from torch import nn
 from torch.export import Dim
 
 from conftest import TRAIN_SCRIPT, per_class
-from sweeplab import lineage, logged_model, predict, runner, tracking, train
-from sweeplab.augment import Normalize
-from sweeplab.checkpoint import load_checkpoint
-from sweeplab.metrics import macro_metrics, per_class_table
-from sweeplab.tracking import fluent_uri
+from sweeplab.cli import predict
+from sweeplab.job import train
+from sweeplab.track import lineage, logged_model, tracking
+from sweeplab.track.tracking import fluent_uri
+from sweeplab.train import trainer as core
+from sweeplab.train.augment import Normalize
+from sweeplab.train.checkpoint import load_checkpoint
+from sweeplab.train.metrics import macro_metrics, per_class_table
 
 
 def test_per_class_table_and_macro_averages_from_a_confusion_matrix():
@@ -191,7 +194,7 @@ def test_runs_record_their_train_val_and_test_data(small_cfg, client):
     assert sizes == {"train": 288, "val": 32, "test": 100}  # num_train=320, val_fraction=0.1
     assert len({d.digest for d in splits.values()}) == 3
     assert {d.name for d in splits.values()} == {"synthetic"}
-    assert json.loads(splits["train"].source) == {"uri": "sweeplab.data.synthetic_dataset"}
+    assert json.loads(splits["train"].source) == {"uri": "sweeplab.train.data.synthetic_dataset"}
     schema = json.loads(json.loads(splits["train"].schema)["mlflow_tensorspec"]["features"])
     assert schema[0]["tensor-spec"] == {"dtype": "uint8", "shape": [-1, 3, 32, 32]}
     # the digest follows the content: same config, same digests; another seed, other data
@@ -229,7 +232,7 @@ def test_a_finished_run_drops_its_resume_state_unless_kept(small_cfg, client):
 def test_a_crashed_run_keeps_last_pt_resumes_from_it_then_drops_it(small_cfg, client, monkeypatch):
     cfg = small_cfg("trainer.epochs=2")
     calls = []
-    real = runner.train_epoch
+    real = core.train_epoch
 
     def crash_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -237,14 +240,16 @@ def test_a_crashed_run_keeps_last_pt_resumes_from_it_then_drops_it(small_cfg, cl
             raise RuntimeError("power cut")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_epoch", crash_in_epoch_2)
-    with pytest.raises(RuntimeError) as e:
+    monkeypatch.setattr(core, "train_epoch", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="power cut"):
         train(cfg)
-    run_id = e.value.sweeplab_run_id
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = client.search_runs([experiment.experiment_id])
+    run_id = run.info.run_id
     assert client.get_run(run_id).info.status == "FAILED"
     names = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert names == {"checkpoints/best.pt", "checkpoints/last.pt"}
-    monkeypatch.setattr(runner, "train_epoch", real)
+    monkeypatch.setattr(core, "train_epoch", real)
     result = train(small_cfg("trainer.epochs=2", f"trainer.resume={run_id}"))
     assert result["run_id"] == run_id and [h["epoch"] for h in result["history"]] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -374,7 +379,7 @@ def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_trainin
 def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_path, data_dir):
     from mlflow import MlflowClient
 
-    from sweeplab.report import main as report_main
+    from sweeplab.sweep.report import main as report_main
 
     env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)

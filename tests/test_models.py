@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from sweeplab import train
-from sweeplab.checkpoint import save_checkpoint
-from sweeplab.models import ModelError, torchvision_model
+from sweeplab.job import train
+from sweeplab.train.checkpoint import save_checkpoint
+from sweeplab.train.models import ModelError, torchvision_model
 
 
 def test_cifar_stem_keeps_resolution():

@@ -20,12 +20,13 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TRAIN_SCRIPT, job_runs, store_client
-from sweeplab import runner, train
-from sweeplab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from sweeplab.loop import NonFiniteLossError
-from sweeplab.params import _shorten_key, flatten_config, write_config_files
-from sweeplab.redact import redact_override, redact_uri
-from sweeplab.tracking import Run, TrackingError
+from sweeplab.config.redact import redact_override, redact_uri
+from sweeplab.job import train
+from sweeplab.track.params import _shorten_key, flatten_config, write_config_files
+from sweeplab.track.tracking import Run, TrackingError
+from sweeplab.train import trainer as core
+from sweeplab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sweeplab.train.loop import NonFiniteLossError
 
 # A synthetic job that takes a few seconds per epoch: long enough to be interrupted.
 SLOW = ["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=200", "trainer.epochs=4",
@@ -145,7 +146,7 @@ def test_3_in_process_the_next_job_starts_clean(small_cfg, monkeypatch):
         raise RuntimeError("crash")
 
     with monkeypatch.context() as m:
-        m.setattr(runner, "train_epoch", boom)
+        m.setattr(core, "train_epoch", boom)
         with pytest.raises(RuntimeError):
             train(small_cfg())
     assert mlflow.active_run() is None
@@ -221,7 +222,7 @@ def test_7_resume_refuses_a_checkpoint_of_another_config(small_cfg, tmp_path):
     first = train(small_cfg("trainer.epochs=1", "tracking.keep_last_checkpoint=true"))
     last = next(Path(small_cfg().output_dir).rglob("last.pt"))
     assert load_checkpoint(last)["mlflow_run_id"] == first["run_id"]
-    from sweeplab.schema import ConfigError
+    from sweeplab.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="different config"):
         train(small_cfg("optimizer.lr=0.5", f"trainer.resume={last}"))
@@ -235,7 +236,7 @@ def test_6_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
     child = f"""
 import os, torch
-from sweeplab import checkpoint
+from sweeplab.train import checkpoint
 real_save = torch.save
 def dying_save(obj, f):
     f.write(b"PK\\x03\\x04 half a zip")
@@ -257,7 +258,7 @@ def test_6_truncated_checkpoint_gives_a_clear_error(tmp_path):
 
 
 def test_6_checkpoint_format_version_is_written_and_checked_on_load(tmp_path):
-    from sweeplab.checkpoint import FORMAT_VERSION, model_checkpoint
+    from sweeplab.train.checkpoint import FORMAT_VERSION, model_checkpoint
 
     model = torch.nn.Linear(2, 2)
     ckpt = model_checkpoint(model, {"_target_": "x"}, "synthetic", ["a", "b"], 1, 0.5)
@@ -294,7 +295,7 @@ def test_11_every_torch_load_in_the_package_is_weights_only():
 
 def test_8_nan_loss_fails_the_run_within_one_step_and_keeps_best(small_cfg, client, monkeypatch):
     calls = {"n": 0}
-    real_build = runner.build
+    real_build = core.build
 
     class PoisonAfter(torch.nn.Module):
         """Wraps the model; from the 12th training forward on, outputs NaN."""
@@ -315,7 +316,7 @@ def test_8_nan_loss_fails_the_run_within_one_step_and_keeps_best(small_cfg, clie
         obj = real_build(node, **kw)
         return PoisonAfter(obj) if "models" in str(node.get("_target_")) else obj
 
-    monkeypatch.setattr(runner, "build", build)
+    monkeypatch.setattr(core, "build", build)
     cfg = small_cfg("trainer.epochs=3")  # 9 steps per epoch: NaN at epoch 2, step 3
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3.*lower optimizer.lr"):
         train(cfg)
@@ -376,7 +377,7 @@ def test_12_unreachable_tracking_server_fails_before_training(small_cfg, monkeyp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends
     started = []
-    monkeypatch.setattr(runner, "train_epoch", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(core, "train_epoch", lambda *a, **k: started.append(1))
     with pytest.raises(TrackingError, match=f"http://127.0.0.1:{port} is unreachable"):
         train(small_cfg(f"tracking.uri=http://127.0.0.1:{port}"))
     assert started == []
@@ -575,7 +576,7 @@ def test_12_a_server_that_fails_its_api_names_no_credentials(small_cfg, capfd):
     The launch check retries twice, and neither its message nor anything logged holds it."""
     import threading
 
-    from sweeplab import store
+    from sweeplab.track import store
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthyButBroken)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -593,7 +594,7 @@ def test_12_a_server_that_fails_its_api_names_no_credentials(small_cfg, capfd):
 def test_10_log_records_of_any_library_have_credentials_masked():
     import logging
 
-    from sweeplab.redact import RedactingFilter
+    from sweeplab.config.redact import RedactingFilter
 
     url = "http://u:hunter2@h:5000/api"
     record = logging.LogRecord("mlflow", logging.WARNING, __file__, 1,

@@ -30,8 +30,8 @@ from hydra_plugins.sweeplab_sweepers.optuna_sweeper import (
     distribution,
     search_space,
 )
-from sweeplab.search import SearchError, optimized_values, storage_url
-from sweeplab.tracking import PRUNED_TAG
+from sweeplab.sweep.search import SearchError, optimized_values, storage_url
+from sweeplab.track.tracking import PRUNED_TAG
 
 # --- the search space: the official plugin's syntax on current Optuna -------------------------
 

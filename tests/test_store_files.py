@@ -23,8 +23,9 @@ import sqlalchemy
 from sqlalchemy import event
 
 from conftest import REPO, TRAIN_SCRIPT, store_client
-from sweeplab import search, sqlite_db, store
-from sweeplab.tracking import TrackingError
+from sweeplab.sweep import search
+from sweeplab.track import sqlite_db, store
+from sweeplab.track.tracking import TrackingError
 
 HELPERS = REPO / "tests" / "helpers"
 TINY = ["dataset=synthetic", "dataset.num_train=96", "dataset.num_test=32", "trainer.epochs=1",
@@ -179,13 +180,13 @@ def mlflow_in_place(db: Path, at: int) -> None:
 def test_16_an_empty_half_made_store_is_rebuilt_or_finished_with_one_log_line(at, tmp_path, caplog):
     """Where the interrupted creation's migrations can be finished (on a copy) they are;
     otherwise the empty store is made anew. Either way one line says so."""
-    caplog.set_level(logging.INFO, logger="sweeplab.store")
+    caplog.set_level(logging.INFO, logger="sweeplab.track.store")
     db = tmp_path / "mlflow.db"
     mlflow_in_place(db, at)
     assert state(db) != "current"
     store.ensure_mlflow_schema(db)
     assert state(db) == "current"
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "sweeplab.store"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sweeplab.track.store"]
     assert "held no runs: made it anew" in line or "upgraded to the installed" in line
     store_client(tmp_path).create_experiment("works")
 

@@ -1,6 +1,11 @@
-"""The shape of the code: no import circle between sweeplab's modules, short functions.
+"""The shape of the code: subpackages whose imports run one way, no import circle, short
+functions.
 
-Read from the source with `ast`, so imports inside functions (the lazy ones) count too.
+    errors <- config <- train <- track <- sweep <- job <- cli
+
+A module may import from its own subpackage and from those to its left, never from one to its
+right: the training core knows nothing of MLflow, tracking nothing of sweeps. Read from the
+source with `ast`, so imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -12,22 +17,78 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sweeplab"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "sweeplab"
+LAYERS = ["errors", "config", "train", "track", "sweep", "job", "cli"]
+MODULES = sorted(
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py")
+    if p != PACKAGE / "__init__.py"
+)
+PLUGINS = sorted((SRC / "hydra_plugins").rglob("*.py"))
 MAX_FUNCTION_LINES = 80
 
 
+def source(module: str) -> Path:
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    return path if path.exists() else PACKAGE / module.replace(".", "/") / "__init__.py"
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:` (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def imported_sweeplab_modules(path: Path) -> set[str]:
+    """The sweeplab modules `path` imports when it runs, as `train.loop`, `job`, `errors`."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "sweeplab":  # from sweeplab import tracking, store
-                found |= {a.name for a in node.names if a.name in MODULES}
-            elif node.module.startswith("sweeplab."):
-                found.add(node.module.split(".")[1])
+            if node.module == "sweeplab" or node.module.startswith("sweeplab."):
+                base = node.module.removeprefix("sweeplab").removeprefix(".")
+                for alias in node.names:  # `from sweeplab.track import store`: a module
+                    name = f"{base}.{alias.name}".lstrip(".")
+                    found.add(name if name in MODULES else base)
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("sweeplab.")}
-    return found - {path.stem}
+            found |= {
+                a.name.removeprefix("sweeplab.")
+                for a in node.names
+                if a.name.startswith("sweeplab.")
+            }
+    return found - {""}
+
+
+def layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[0])
+
+
+def test_every_module_is_in_a_layer():
+    assert {m.split(".")[0] for m in MODULES} == set(LAYERS)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_run_one_way(module):
+    wrong = [dep for dep in imported_sweeplab_modules(source(module)) if layer(dep) > layer(module)]
+    assert wrong == [], f"{module} ({LAYERS[layer(module)]}) imports from a later layer: {wrong}"
+
+
+def test_the_rule_catches_a_core_module_importing_mlflow_code(tmp_path):
+    """The check itself: a train/ module that imports the tracking layer is caught."""
+    bad = tmp_path / "loop.py"
+    bad.write_text("from sweeplab.track.tracking import Run\nfrom sweeplab.errors import E\n")
+    deps = imported_sweeplab_modules(bad)
+    assert deps == {"track.tracking", "errors"}
+    assert [d for d in deps if layer(d) > layer("train.loop")] == ["track.tracking"]
+
+
+@pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
+def test_the_hydra_plugins_reach_no_further_than_the_sweep_layer(plugin):
+    deps = imported_sweeplab_modules(plugin)
+    assert [d for d in deps if layer(d) > layer("sweep")] == []
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -59,7 +120,7 @@ def test_find_cycle_finds_one_and_only_one():
 
 
 def test_no_import_circle_between_modules():
-    graph = {m: imported_sweeplab_modules(PACKAGE / f"{m}.py") for m in MODULES}
+    graph = {m: imported_sweeplab_modules(source(m)) - {m} for m in MODULES}
     assert find_cycle(graph) is None
 
 
@@ -77,7 +138,7 @@ def test_every_module_imports_first_in_a_fresh_interpreter(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_no_function_is_longer_than_80_lines(module):
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse(source(module).read_text())
     long = [
         f"{node.name}: {node.end_lineno - node.lineno + 1} lines"
         for node in ast.walk(tree)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import GROUPS, per_class
-from sweeplab import runner, train
-from sweeplab.checkpoint import load_checkpoint
-from sweeplab.rerun import RerunError, rerun
+from sweeplab.cli.rerun import RerunError, rerun
+from sweeplab.job import train
+from sweeplab.train import trainer as core
+from sweeplab.train.checkpoint import load_checkpoint
 
 EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
                  "train_images_per_s"}  # fmt: skip
@@ -109,11 +110,11 @@ def test_best_checkpoint_is_safe_to_load_and_reproduces_test_acc(small_cfg, clie
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == result["best_epoch"]
     assert state["val_acc"] == result["best_val_acc"]
-    model = runner.build(cfg.model)
+    model = core.build(cfg.model)
     model.load_state_dict(state["model"])
-    data = runner.build(cfg.dataset, device=torch.device("cpu"), seed=cfg.trainer.seed)
-    from sweeplab.augment import Normalize
-    from sweeplab.loop import evaluate
+    data = core.build(cfg.dataset, device=torch.device("cpu"), seed=cfg.trainer.seed)
+    from sweeplab.train.augment import Normalize
+    from sweeplab.train.loop import evaluate
 
     _, acc, _ = evaluate(model, data.test.batches(64), normalize=Normalize(data.mean, data.std,
                          torch.device("cpu")), loss_fn=torch.nn.CrossEntropyLoss(),
@@ -129,7 +130,7 @@ def test_augmentation_touches_training_batches_only(small_cfg, monkeypatch):
         seen.append(len(x))
         return x, y
 
-    monkeypatch.setattr(runner, "build", _replacing(runner.build, "augment", lambda: recording))
+    monkeypatch.setattr(core, "build", _replacing(core.build, "augment", lambda: recording))
     cfg = small_cfg("trainer.epochs=2", "trainer.batch_size=32")
     result = train(cfg)
     # 320 images, 10% val -> 288 train -> 9 full batches per epoch; val/test never augmented
@@ -139,7 +140,7 @@ def test_augmentation_touches_training_batches_only(small_cfg, monkeypatch):
 
 def _replacing(build, module_suffix, factory):
     def patched(node, **kwargs):
-        if str(node.get("_target_", "")).startswith(f"sweeplab.{module_suffix}."):
+        if str(node.get("_target_", "")).startswith(f"sweeplab.train.{module_suffix}."):
             return factory()
         return build(node, **kwargs)
 
@@ -150,7 +151,7 @@ def test_an_exception_ends_the_run_failed_with_its_traceback(small_cfg, client, 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash in epoch 1")
 
-    monkeypatch.setattr(runner, "train_epoch", boom)
+    monkeypatch.setattr(core, "train_epoch", boom)
     cfg = small_cfg()
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg)
@@ -201,7 +202,7 @@ def test_a_run_records_its_environment_and_a_rerun_says_what_differs(
     assert all("/" not in line and "==" in line for line in lines)
 
     uri = f"sqlite:///{store_root}/mlflow.db"
-    caplog.set_level(logging.WARNING, logger="sweeplab.rerun")
+    caplog.set_level(logging.WARNING, logger="sweeplab.cli.rerun")
     rerun(original["run_id"], tracking_uri=uri, output_dir=str(tmp_path / "same"))
     assert "another environment" not in caplog.text
     client.set_tag(original["run_id"], "sweeplab.env.torch", "2.0.0")

@@ -1,7 +1,10 @@
-"""sweeplab: Hydra-configured PyTorch image-classification runs, tracked in MLflow."""
+"""sweeplab: Hydra-configured PyTorch image-classification runs, tracked in MLflow.
 
-from sweeplab import schema as _schema  # noqa: F401  (registers the config schema and resolvers)
-from sweeplab.runner import train
+The subpackages, each importing only from those before it (tests/test_structure.py):
 
-__all__ = ["train"]
+    errors <- config <- train <- track <- sweep <- job <- cli
+
+`sweeplab.job.train(cfg)` runs one configuration; `src/train.py` is its `@hydra.main` wrapper.
+"""
+
 __version__ = "0.1.0"

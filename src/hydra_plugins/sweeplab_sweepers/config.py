@@ -26,7 +26,9 @@ class SweeplabOptunaConf:
     pruner: Any = MISSING
     # "maximize" / "minimize", or a list of them, one per entry of the list `optimized_metric`
     direction: Any = "maximize"
-    storage: str | None = None  # null: beside the tracking store (sweeplab.search.storage_url)
+    storage: str | None = (
+        None  # null: beside the tracking store (sweeplab.sweep.search.storage_url)
+    )
     study_name: str | None = None  # null: the sweep id, so launching again continues the study
     n_trials: int = 20  # finished + pruned + failed trials the study ends with
     n_jobs: int = 1  # trials in flight at once (needs a parallel launcher: joblib, submitit)

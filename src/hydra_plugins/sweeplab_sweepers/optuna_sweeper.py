@@ -6,9 +6,9 @@ one-job batch from a worker thread, so any launcher that runs jobs out of this p
 submitit) keeps `n_jobs` busy. Hydra's basic launcher runs a job inside this process (it changes
 the working directory and Hydra's global state), so with it trials run one at a time.
 
-The study lives in storage (sweeplab.search.storage_url) under the sweep id: launching the same
-command again continues toward `n_trials`, and a trial left RUNNING by a launch that died is
-marked FAIL and its parameters queued again.
+The study lives in storage (sweeplab.sweep.search.storage_url) under the sweep id: launching
+the same command again continues toward `n_trials`, and a trial left RUNNING by a launch that
+died is marked FAIL and its parameters queued again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.search import distribution, search_space  # noqa: F401  (the plugin's syntax)
+from sweeplab.sweep.search import distribution, search_space  # noqa: F401  (the plugin's syntax)
 
 log = logging.getLogger(__name__)
 OWNER = "sweeplab.owner"  # host:pid of the launch that asked for a trial
@@ -47,7 +47,7 @@ class SweeplabOptunaSweeper(Sweeper):
     def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs,
                  max_failure_rate, params) -> None:  # fmt: skip
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
-        from sweeplab.search import as_list
+        from sweeplab.sweep.search import as_list
 
         self.directions = as_list(direction)
         self.storage, self.study_name = storage, study_name
@@ -56,7 +56,7 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:  # fmt: skip
-        from sweeplab.sweep import choose_joblib_jobs, cpu_cores
+        from sweeplab.sweep.jobs import choose_joblib_jobs, cpu_cores
 
         self.config = config
         choose_joblib_jobs(config, cpu_cores())  # before the launcher reads its n_jobs
@@ -68,7 +68,7 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def objectives(self) -> list[str]:
         """The metric names the jobs return, one per direction (`optimized_metric`)."""
-        from sweeplab.search import as_list
+        from sweeplab.sweep.search import as_list
 
         return as_list(self.config.get("optimized_metric"))
 
@@ -77,7 +77,7 @@ class SweeplabOptunaSweeper(Sweeper):
         one made with other directions or another space."""
         import optuna
 
-        from sweeplab.search import instantiate_pruner, open_storage, storage_url, study_name
+        from sweeplab.sweep.search import instantiate_pruner, open_storage, storage_url, study_name
 
         self.url = storage_url(self.storage, self.config.tracking)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens
@@ -96,7 +96,7 @@ class SweeplabOptunaSweeper(Sweeper):
         parameters queued again (a trial's job may be resumed from its last.pt)."""
         from optuna.trial import TrialState
 
-        from sweeplab.store import _alive
+        from sweeplab.track.store import _alive
 
         n = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -127,7 +127,7 @@ class SweeplabOptunaSweeper(Sweeper):
 
     def slots(self) -> int:
         """Trials in flight at once: n_jobs, capped by what the launcher can run in parallel."""
-        from sweeplab.sweep import concurrent_jobs, cpu_cores
+        from sweeplab.sweep.jobs import concurrent_jobs, cpu_cores
 
         launcher = OmegaConf.to_container(self.config.hydra.launcher, resolve=True)
         target = str(launcher.get("_target_", ""))
@@ -144,7 +144,7 @@ class SweeplabOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from optuna.trial import TrialState
 
-        from sweeplab.search import SearchError, check_search_settings, display_url
+        from sweeplab.sweep.search import SearchError, check_search_settings, display_url
 
         check_search_settings(  # done by sweeplab's callback already; here for any other use
             self.config, self.directions, self.n_trials, self.n_jobs, self.max_failure_rate,
@@ -226,7 +226,7 @@ class SweeplabOptunaSweeper(Sweeper):
     def _launch(self, trial, overrides: list[str]) -> list:
         """The trial's job, or with sweep.seeds=N its N jobs (one per seed) as one batch. Job
         folders are numbered from trial number x N: unique across launches of the study."""
-        from sweeplab.seeds import seed_values
+        from sweeplab.sweep.seeds import seed_values
 
         n = int(self.config.sweep.get("seeds", 1))
         if n == 1:
@@ -240,7 +240,7 @@ class SweeplabOptunaSweeper(Sweeper):
         returned NaN (the search goes on). With sweep.seeds, a failed seed fails the trial."""
         from optuna.trial import TrialState
 
-        from sweeplab.tracking import PRUNED_TAG
+        from sweeplab.track.tracking import PRUNED_TAG
 
         state, values, why = TrialState.COMPLETE, None, ""
         try:
@@ -267,8 +267,8 @@ class SweeplabOptunaSweeper(Sweeper):
         return values
 
     def finish(self, study) -> None:
-        from sweeplab import tracking
-        from sweeplab.search import log_results
+        from sweeplab.sweep.search import log_results
+        from sweeplab.track import tracking
 
         parent = os.environ.get(tracking.PARENT_ENV)
         run = (

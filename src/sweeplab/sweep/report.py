@@ -3,7 +3,7 @@ so it also covers jobs that ran in joblib / submitit workers or failed).
 
 At the end of every sweep, and on demand:
 
-    python -m sweeplab.report <experiment name | sweep id> [--tracking-uri URI]
+    python -m sweeplab.sweep.report <experiment name | sweep id> [--tracking-uri URI]
     sweeplab-report <experiment name | sweep id>
 
 A table sorted by best_val_acc (swept parameters, best_val_acc, test_acc, status, duration,
@@ -23,11 +23,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeplab import registry, tracking
 from sweeplab.errors import SweeplabError
-from sweeplab.metrics import pyplot
-from sweeplab.seeds import seed_groups, seed_table, seeds_csv, short
-from sweeplab.tracking import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
+from sweeplab.sweep.seeds import seed_groups, seed_table, seeds_csv, short
+from sweeplab.track import registry, tracking
+from sweeplab.track.tracking import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
+from sweeplab.train.metrics import pyplot
 
 log = logging.getLogger("sweeplab")
 

@@ -13,11 +13,15 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sweeplab.errors import SweeplabError
+from sweeplab.train.hooks import Hook
+
+if TYPE_CHECKING:  # annotations only: the trainer imports this module
+    from sweeplab.train.trainer import Trainer
 
 
 class CheckpointError(SweeplabError, RuntimeError):
@@ -115,8 +119,6 @@ def training_state(
     best_acc: float,
     best_epoch: int,
     history: list[dict[str, float]],
-    run_id: str,
-    config_hash: str,
 ) -> dict[str, Any]:
     """Everything needed to continue bitwise-exactly after `epoch` (plain types and tensors)."""
     return {
@@ -134,8 +136,6 @@ def training_state(
         "best_acc": float(best_acc),
         "best_epoch": best_epoch,
         "history": [dict(row) for row in history],
-        "mlflow_run_id": run_id,
-        "config_hash": config_hash,
     }
 
 
@@ -173,3 +173,52 @@ def model_checkpoint(
         "model_config": model_config,
         "dataset": dataset,
     }
+
+
+# --- the hook that writes them during fit -----------------------------------------------------
+
+
+class CheckpointSaver(Hook):
+    """Keeps best.pt (the best weights by val_acc, with what rebuilds the model) and last.pt
+    (the whole training state, to resume from) in `folder` after each epoch; `saved(path)` is
+    called with each file written (e.g. to log it). With `folder=None` (DDP ranks other than
+    0, which write nothing) the best weights are kept in memory instead."""
+
+    def __init__(
+        self,
+        folder: Path | None,
+        *,
+        model_config: dict,
+        dataset: str,
+        resume_extra: dict[str, Any],
+        saved=lambda path: None,
+    ):
+        self.folder, self.model_config, self.dataset = folder, model_config, dataset
+        self.resume_extra, self.saved = resume_extra, saved
+        self._in_memory: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float], improved: bool) -> bool:
+        if self.folder is None:
+            if improved:
+                self._in_memory = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            return False
+        if improved:
+            ckpt = model_checkpoint(
+                trainer.model,
+                self.model_config,
+                self.dataset,
+                trainer.data.classes,
+                int(row["epoch"]),
+                row["val_acc"],
+            )
+            self.saved(save_checkpoint(ckpt, self.folder / "best.pt"))
+        # last.pt before the metrics are logged: a resume re-logs what a kill cut off
+        state = {**trainer.state_dict(), **self.resume_extra}
+        self.saved(save_checkpoint(state, self.folder / "last.pt"))
+        return False
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The weights of the best epoch, from best.pt (or memory)."""
+        if self.folder is None:
+            return self._in_memory
+        return load_checkpoint(self.folder / "best.pt")["model"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sweeplab.schema import ConfigError
+from sweeplab.config.schema import ConfigError
 
 
 @dataclass(frozen=True)

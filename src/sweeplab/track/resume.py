@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sweeplab.checkpoint import CheckpointError, load_checkpoint
-from sweeplab.schema import ConfigError
+from sweeplab.config.schema import ConfigError
+from sweeplab.train.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("sweeplab")
 
@@ -57,7 +57,7 @@ def drop_resume_state(run, output_dir: Path) -> None:
 def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from sweeplab.tracking import client as store_client
+    from sweeplab.track.tracking import client as store_client
 
     client = store_client(uri)
     try:

@@ -14,19 +14,20 @@ import shlex
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from sweeplab import environment, identity
+from sweeplab.config import identity
+from sweeplab.config.identity import override_key, semantic_overrides
+from sweeplab.config.redact import env_sourced_keys, redact_flat, redacted_overrides
+from sweeplab.config.schema import abspath, in_multirun, launch_dir
 from sweeplab.errors import SweeplabError
-from sweeplab.identity import override_key, semantic_overrides
-from sweeplab.params import git_state, relativize_paths
-from sweeplab.redact import env_sourced_keys, redact_flat, redacted_overrides
-from sweeplab.schema import abspath, in_multirun, launch_dir
+from sweeplab.track import environment
+from sweeplab.track.params import git_state, relativize_paths
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ class Run:
         # set_terminated: its logger thread is joined while it polls a queue every second.)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeplab-metrics")
         self.pending: list = []
-        self.end_status = "FINISHED"  # how a run that returns normally ends (KILLED: pruned)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -183,19 +183,21 @@ class NullRun:
         return lambda *args, **kwargs: None
 
 
-@contextlib.contextmanager
-def tracked_run(
+def run_to_end(
     uri: str,
     experiment_id: str,
     run_name: str | None,
     tags: dict[str, str],
+    body: Callable[[Run], tuple[Any, str]],
     resume_run_id: str | None = None,
     system_metrics_interval: float | None = None,
-) -> Iterator[Run]:
-    """Create (or reopen, to resume) a run; end it FINISHED, or FAILED / KILLED with the
-    traceback logged, re-raising. A normal error never leaves it RUNNING. With
-    `system_metrics_interval` (seconds), MLflow's monitor logs CPU / memory / disk / network
-    (and GPU with nvidia-ml-py) as `system/*` metrics meanwhile."""
+) -> Any:
+    """Create (or reopen, to resume) a run and call `body(run)`, which returns (its result,
+    the status the run ends with: FINISHED, or KILLED for a pruned trial). If it raises, the
+    run ends FAILED (KILLED on Ctrl-C / SIGTERM) with the traceback logged and the error is
+    raised again: a normal error never leaves it RUNNING. With `system_metrics_interval`
+    (seconds), MLflow's monitor logs CPU / memory / disk / network (and GPU with
+    nvidia-ml-py) as `system/*` metrics meanwhile."""
     store = client(uri)
     if resume_run_id is None:
         created = store.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -208,12 +210,10 @@ def tracked_run(
     if system_metrics_interval:
         monitor = system_monitor(uri, run.run_id, system_metrics_interval, resume_run_id)
     try:
-        yield run
+        result, status = body(run)
         run.flush()
     except BaseException as e:
         status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        with contextlib.suppress(AttributeError):  # tells train() this error has its run
-            e.sweeplab_run_id = run.run_id
         with contextlib.suppress(Exception):  # never mask the original error
             run.flush()
             run.set_tags(error_tag(e))
@@ -221,7 +221,8 @@ def tracked_run(
         _end(run, monitor, status)
         log.error("run %s ended %s: %s: %s", run.run_id, status, type(e).__name__, e)
         raise
-    _end(run, monitor, run.end_status)
+    _end(run, monitor, status)
+    return result
 
 
 def _end(run: Run, monitor, status: str) -> None:

@@ -22,13 +22,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import store, tracking
+from sweeplab.config.identity import SEED, sweep_id
+from sweeplab.config.redact import redact_logs, redact_override, redacted_overrides, typed_overrides
+from sweeplab.config.schema import ConfigError, abspath, in_multirun
 from sweeplab.errors import SweeplabError
-from sweeplab.identity import SEED, sweep_id
-from sweeplab.params import relativize_paths
-from sweeplab.redact import redact_logs, redact_override, redacted_overrides, typed_overrides
-from sweeplab.schema import ConfigError, abspath, in_multirun
-from sweeplab.tracking import (
+from sweeplab.track import store, tracking
+from sweeplab.track.params import relativize_paths
+from sweeplab.track.tracking import (
     PARENT_ENV,
     PRUNED_TAG,
     ROLE_TAG,
@@ -222,9 +222,9 @@ class PrepareStoreCallback(Callback):
     """
 
     def _prepare(self, config: DictConfig, output_dir: str, multirun: bool = False) -> str:
-        from sweeplab.data import fetch_dataset_files
-        from sweeplab.schema import validate
-        from sweeplab.search import OPTUNA_SWEEPER, check_search
+        from sweeplab.config.schema import validate
+        from sweeplab.sweep.search import OPTUNA_SWEEPER, check_search
+        from sweeplab.train.data import fetch_dataset_files
 
         try:
             validate(config)
@@ -293,7 +293,7 @@ class PrepareStoreCallback(Callback):
         if getattr(self, "finished", False) or not hasattr(self, "parent_id"):
             return False
         self.finished = True
-        from sweeplab import report
+        from sweeplab.sweep import report
 
         try:  # jobs that failed before their run existed have a FAILED run (runner.train)
             rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir, self.register)

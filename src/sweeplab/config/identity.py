@@ -12,7 +12,7 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.redact import redacted_overrides
+from sweeplab.config.redact import redacted_overrides
 
 # Keys (and everything under them) that say where a run goes, not what it computes.
 NON_SEMANTIC = (

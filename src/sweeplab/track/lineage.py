@@ -17,9 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweeplab.data import TORCHVISION_SETS, Data, TensorSplit
-from sweeplab.params import relativize_paths
-from sweeplab.schema import launch_dir
+from sweeplab.config.schema import launch_dir
+from sweeplab.track.params import relativize_paths
+from sweeplab.train.data import TORCHVISION_SETS, Data, TensorSplit
 
 SPLITS = ("train", "val", "test")
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own tag: the UI shows it beside the dataset

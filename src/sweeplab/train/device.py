@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from sweeplab.schema import ConfigError
+from sweeplab.config.schema import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sweeplab import sqlite_db, tracking
-from sweeplab.params import relativize_paths
-from sweeplab.redact import redact_uri
-from sweeplab.schema import abspath, launch_dir
-from sweeplab.tracking import TrackingError, is_local, resolve_uri
+from sweeplab.config.redact import redact_uri
+from sweeplab.config.schema import abspath, launch_dir
+from sweeplab.track import sqlite_db, tracking
+from sweeplab.track.params import relativize_paths
+from sweeplab.track.tracking import TrackingError, is_local, resolve_uri
 
 log = logging.getLogger(__name__)
 

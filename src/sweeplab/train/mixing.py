@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sweeplab.augment import Augment, random_crop, to_float
+from sweeplab.train.augment import Augment, random_crop, to_float
 
 CANDIDATES = 8  # gamma proposals per value: all rejected has probability < 1e-10 (alpha >= 0.1)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from sweeplab import logged_model, tracking
-from sweeplab.data import ImageFile, UnreadableImage
 from sweeplab.errors import SweeplabError
+from sweeplab.track import logged_model, tracking
+from sweeplab.train.data import ImageFile, UnreadableImage
 
 log = logging.getLogger("sweeplab")
 

@@ -15,16 +15,20 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import sqlite_db
 from sweeplab.errors import SweeplabError
-from sweeplab.tracking import PRUNED_TAG, is_local, resolve_uri
+from sweeplab.track import sqlite_db
+from sweeplab.track.tracking import PRUNED_TAG, is_local, resolve_uri
+from sweeplab.train.hooks import Hook
+
+if TYPE_CHECKING:  # annotations only: the Hydra plugin imports this module at start-up
+    from sweeplab.train.trainer import Trainer
 
 log = logging.getLogger("sweeplab")
 
@@ -68,7 +72,7 @@ def open_storage(url: str):
 
 
 def create_study_file(url: str) -> None:
-    """A sqlite study file that does not exist yet is made whole (sweeplab.sqlite_db), under a
+    """A sqlite study file that does not exist yet is made whole (sweeplab.track.sqlite_db), under a
     lock beside it, so an interrupted first search leaves no half-made optuna.db."""
     import optuna
 
@@ -85,9 +89,9 @@ def create_study_file(url: str) -> None:
 
 def display_url(url: str) -> str:
     """The URL as it may be shown or logged: password masked, paths relative to the launch dir."""
-    from sweeplab.params import relativize_paths
-    from sweeplab.redact import redact_override
-    from sweeplab.schema import launch_dir
+    from sweeplab.config.redact import redact_override
+    from sweeplab.config.schema import launch_dir
+    from sweeplab.track.params import relativize_paths
 
     return relativize_paths(redact_override(f"url={url}").split("=", 1)[1], launch_dir())
 
@@ -180,8 +184,8 @@ def check_search_settings(config: DictConfig, directions: list[str], n_trials, n
 
 def study_name(config: DictConfig, pinned: str | None) -> str:
     """hydra.sweeper.study_name, else the sweep id: the same command continues its study."""
-    from sweeplab.identity import sweep_id
-    from sweeplab.tracking import SWEEP_ID_ENV
+    from sweeplab.config.identity import sweep_id
+    from sweeplab.track.tracking import SWEEP_ID_ENV
 
     return str(pinned or os.environ.get(SWEEP_ID_ENV) or sweep_id(config))
 
@@ -251,9 +255,10 @@ def optimized_values(metrics: dict, names: Any) -> float | list[float]:
 # --- the job's side of a trial --------------------------------------------------------------
 
 
-class TrialReporter:
-    """Reports the optimised metric after each epoch to this job's trial; `should_stop` is
-    the pruner's verdict. A no-op for jobs that are not trials of a search."""
+class TrialReporter(Hook):
+    """A hook of `Trainer.fit`: reports the optimised metric after each epoch to this job's
+    trial, and stops training when the pruner says so (`pruned_epoch` is then set). A no-op
+    for jobs that are not trials of a search."""
 
     def __init__(self, trial=None, metric: str = ""):
         self.trial, self.metric = trial, metric
@@ -261,7 +266,7 @@ class TrialReporter:
 
     @classmethod
     def for_job(cls, cfg: DictConfig) -> TrialReporter:
-        from sweeplab.schema import in_multirun
+        from sweeplab.config.schema import in_multirun
 
         if cfg.sweep.get("trial") is None or not in_multirun():  # e.g. a job's saved config
             return cls()
@@ -284,12 +289,15 @@ class TrialReporter:
             return cls()
         return cls(optuna.trial.Trial(study, trial_id), str(cfg.optimized_metric))
 
-    def replay(self, history: list[dict[str, float]]) -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         """A resumed job's earlier epochs, so the pruner compares this trial at every epoch."""
         best = -math.inf
-        for row in history:
+        for row in trainer.progress.history:
             best = max(best, row["val_acc"])
             self._report(row, best)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float], improved: bool) -> bool:
+        return self.should_stop(row, trainer.progress.best_acc)
 
     def should_stop(self, row: dict[str, float], best_val_acc: float) -> bool:
         """Report this epoch's value of the optimised metric; True when the trial is pruned."""
@@ -352,7 +360,7 @@ def _plots(study, done: list, sweep_dir: str) -> list[str]:
 
     from optuna.visualization import matplotlib as ov
 
-    from sweeplab.metrics import pyplot
+    from sweeplab.train.metrics import pyplot
 
     if not done:  # nothing to plot (Optuna would only warn "There are no complete trials")
         return []

@@ -8,9 +8,9 @@ reproduce the run, so a registered model leads back to how it was made.
 
 from __future__ import annotations
 
-from sweeplab import tracking
 from sweeplab.errors import SweeplabError
-from sweeplab.logged_model import model_uri
+from sweeplab.track import tracking
+from sweeplab.track.logged_model import model_uri
 
 BEST_ALIAS = "best"
 

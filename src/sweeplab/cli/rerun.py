@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeplab import environment
 from sweeplab.errors import SweeplabError
+from sweeplab.job import train
+from sweeplab.track import environment
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, Any]
     """Download the run's logged config into `dest`; returns (its path, the run)."""
     from mlflow.exceptions import MlflowException
 
-    from sweeplab.tracking import client as store_client
+    from sweeplab.track.tracking import client as store_client
 
     client = store_client(tracking_uri)
     try:
@@ -63,8 +64,7 @@ def rerun(
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
-    import sweeplab
-    from sweeplab.tracking import default_uri
+    from sweeplab.track.tracking import default_uri
 
     uri = tracking_uri or default_uri()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -82,7 +82,7 @@ def rerun(
             except (ConfigCompositionException, OverrideParseException) as e:
                 raise RerunError(str(e).splitlines()[0]) from None
         cfg.tracking.run_name = f"{source_name} (rerun)"
-    return sweeplab.train(cfg)
+    return train(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

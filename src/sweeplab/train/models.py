@@ -180,7 +180,7 @@ def load_weights_file(model: nn.Module, path: Path, head_name: str) -> None:
     The head is skipped when its shape differs (transfer learning), a first conv with another
     channel count is adapted; anything else that does not fit is an error naming the keys.
     """
-    from sweeplab.checkpoint import CheckpointError, load_checkpoint
+    from sweeplab.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path)

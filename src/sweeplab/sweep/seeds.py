@@ -15,7 +15,7 @@ import io
 import statistics
 from dataclasses import dataclass
 
-from sweeplab.identity import SEED
+from sweeplab.config.identity import SEED
 
 
 def seed_values(base: int, n: int) -> list[int]:

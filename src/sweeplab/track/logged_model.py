@@ -32,10 +32,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sweeplab import tracking
+from sweeplab.config.schema import launch_dir
 from sweeplab.errors import SweeplabError
-from sweeplab.params import flatten_config
-from sweeplab.schema import launch_dir
+from sweeplab.track import tracking
+from sweeplab.track.params import flatten_config
 
 log = logging.getLogger("sweeplab")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from sweeplab.redact import env_sourced_keys, redact_config, redact_flat, redacted_overrides
+from sweeplab.config.redact import env_sourced_keys, redact_config, redact_flat, redacted_overrides
 
 
 def flatten_config(cfg: DictConfig, launch_dir: Path) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Console commands: sweeplab-rerun, sweeplab-predict."""
