@@ -37,12 +37,20 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sweeplab-bench-"))
     overhead = []
     for i in range(args.jobs):
-        cfg = compose_cfg([
-            "dataset=synthetic", "dataset.num_train=1000", "dataset.num_test=500",
-            f"trainer.epochs={args.epochs}", "trainer.device=cpu", f"trainer.seed={i}",
-            f"tracking.root={root}", "tracking.experiment=bench", f"output_dir={root}/job{i}",
-            *args.overrides,
-        ])  # fmt: skip
+        cfg = compose_cfg(
+            [
+                "dataset=synthetic",
+                "dataset.num_train=1000",
+                "dataset.num_test=500",
+                f"trainer.epochs={args.epochs}",
+                "trainer.device=cpu",
+                f"trainer.seed={i}",
+                f"tracking.root={root}",
+                "tracking.experiment=bench",
+                f"output_dir={root}/job{i}",
+                *args.overrides,
+            ]
+        )
         start = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - start
@@ -50,8 +58,10 @@ def main() -> None:
         overhead.append(wall - training)
         print(f"job {i}: wall {wall:.2f}s, training {training:.2f}s, fixed {wall - training:.2f}s")
     warm = overhead[1:]
-    print(f"1. fixed cost per job (jobs 2..{args.jobs}): median {statistics.median(warm):.2f}s; "
-          f"first job (imports, new store) {overhead[0]:.2f}s")  # fmt: skip
+    print(
+        f"1. fixed cost per job (jobs 2..{args.jobs}): median {statistics.median(warm):.2f}s; "
+        f"first job (imports, new store) {overhead[0]:.2f}s"
+    )
 
     uri = f"sqlite:///{root}/mlflow.db"
     exp = store.prepare_store(uri, str(root), "bench-metrics")
@@ -68,9 +78,11 @@ def main() -> None:
         return (caller, total, len(names)), "FINISHED"
 
     caller, total, n = tracking.run_to_end(uri, exp, "metrics", {}, log_many)
-    print(f"2. tracking: {1000 * caller:.3f} ms per metric value paid by the training loop, "
-          f"{1000 * total:.3f} ms including the background write to sqlite "
-          f"({n} values per log_batch call)")  # fmt: skip
+    print(
+        f"2. tracking: {1000 * caller:.3f} ms per metric value paid by the training loop, "
+        f"{1000 * total:.3f} ms including the background write to sqlite "
+        f"({n} values per log_batch call)"
+    )
 
 
 if __name__ == "__main__":

@@ -106,11 +106,16 @@ def bare_epoch(split: TensorSplit, mean, std, batch: int, extras: set[str]) -> f
 def sweeplab_epoch(split: TensorSplit, mean, std, batch: int) -> float:
     model, opt = fresh(split.images.shape[1])
     stats = train_epoch(
-        model, split.batches(batch, True, torch.Generator().manual_seed(0), drop_last=True),
-        optimizer=opt, scheduler=constant_lr(opt, 1, 1), loss_fn=nn.CrossEntropyLoss(),
-        augment=lambda x, y, g=None: (x, y), normalize=Normalize(mean, std, CPU, True),
-        generator=None, device=CPU,
-    )  # fmt: skip
+        model,
+        split.batches(batch, True, torch.Generator().manual_seed(0), drop_last=True),
+        optimizer=opt,
+        scheduler=constant_lr(opt, 1, 1),
+        loss_fn=nn.CrossEntropyLoss(),
+        augment=lambda x, y, g=None: (x, y),
+        normalize=Normalize(mean, std, CPU, True),
+        generator=None,
+        device=CPU,
+    )
     return stats["train_images_per_s"]
 
 
@@ -142,9 +147,11 @@ def main() -> None:
                 speeds[name].append(sweeplab_epoch(split, mean, std, args.batch))
             else:
                 speeds[name].append(bare_epoch(split, mean, std, args.batch, extras))
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.shape}-shaped, "
-          f"{args.images} images, batch {args.batch}, {args.model}, "
-          f"{args.rounds} rounds, img/s")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.shape}-shaped, "
+        f"{args.images} images, batch {args.batch}, {args.model}, "
+        f"{args.rounds} rounds, img/s"
+    )
     best = {name: max(v) for name, v in speeds.items()}
     median = {name: statistics.median(v) for name, v in speeds.items()}
     print(f"  {'':22s} {'best':>8s}  {'ratio':>6s}   {'median':>8s}  {'ratio':>6s}  ms/step")

@@ -61,10 +61,15 @@ def tutorial_epoch(split: TensorSplit, batch: int, workers: int) -> float:
     from PIL import Image
     from torchvision import transforms
 
-    transform = transforms.Compose([
-        transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(),
-        transforms.RandomRotation(10), transforms.ToTensor(), transforms.Normalize(MEAN, STD),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.RandomRotation(10),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     hwc = split.images.permute(0, 2, 3, 1).numpy()
     labels = split.labels.tolist()
 
@@ -93,11 +98,16 @@ def tutorial_epoch(split: TensorSplit, batch: int, workers: int) -> float:
 def sweeplab_epoch(split: TensorSplit, batch: int, option) -> tuple[float, float]:
     model, opt = fresh_model(CHANNELS_LAST)
     stats = train_epoch(
-        model, split.batches(batch, True, torch.Generator().manual_seed(0), drop_last=True),
-        optimizer=opt, scheduler=constant_lr(opt, 1, 1), loss_fn=torch.nn.CrossEntropyLoss(),
-        augment=option, normalize=aug.Normalize(MEAN, STD, CPU, CHANNELS_LAST),
-        generator=torch.Generator().manual_seed(1), device=CPU,
-    )  # fmt: skip
+        model,
+        split.batches(batch, True, torch.Generator().manual_seed(0), drop_last=True),
+        optimizer=opt,
+        scheduler=constant_lr(opt, 1, 1),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        augment=option,
+        normalize=aug.Normalize(MEAN, STD, CPU, CHANNELS_LAST),
+        generator=torch.Generator().manual_seed(1),
+        device=CPU,
+    )
     return stats["epoch_time_s"], stats["train_images_per_s"]
 
 
@@ -124,10 +134,13 @@ def augmentation_throughput(batch: int, repeats: int) -> dict[str, float]:
     x, y = data.images, data.labels
     g = torch.Generator().manual_seed(0)
     options = {
-        "standard": aug.standard(), "seed_tutorial": aug.seed_tutorial(),
-        "randaugment": aug.randaugment(), "trivialaugment": aug.trivialaugment(),
-        "mixup": mixing.mixup(10), "cutmix": mixing.cutmix(10),
-    }  # fmt: skip
+        "standard": aug.standard(),
+        "seed_tutorial": aug.seed_tutorial(),
+        "randaugment": aug.randaugment(),
+        "trivialaugment": aug.trivialaugment(),
+        "mixup": mixing.mixup(10),
+        "cutmix": mixing.cutmix(10),
+    }
     out = {}
     for name, fn in options.items():
         fn(x, y, g)  # warm-up
@@ -174,29 +187,37 @@ def main() -> None:
     CHANNELS_LAST = args.layout == "channels_last"
     torch.set_num_threads(args.threads)
     split = make_data(args.images)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.images} images, "
-          f"batch {args.batch}, layout {args.layout}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.images} images, "
+        f"batch {args.batch}, layout {args.layout}"
+    )
 
     tut, ours = float("inf"), float("inf")
     for _ in range(args.rounds):
         tut = min(tut, tutorial_epoch(split, args.batch, args.workers))
         ours = min(ours, sweeplab_epoch(split, args.batch, aug.seed_tutorial())[0])
-    print(f"1. flip+vflip+rotation epoch: tutorial {tut:.2f}s, sweeplab {ours:.2f}s, "
-          f"ratio {ours / tut:.2f}x")  # fmt: skip
+    print(
+        f"1. flip+vflip+rotation epoch: tutorial {tut:.2f}s, sweeplab {ours:.2f}s, "
+        f"ratio {ours / tut:.2f}x"
+    )
 
     bare, loop = 0.0, 0.0
     for _ in range(args.rounds):
         bare = max(bare, bare_epoch(split, args.batch))
         loop = max(loop, sweeplab_epoch(split, args.batch, aug.none())[1])
-    print(f"2. no augmentation: bare loop {bare:.0f} img/s, sweeplab {loop:.0f} img/s, "
-          f"ratio {loop / bare:.3f}x")  # fmt: skip
+    print(
+        f"2. no augmentation: bare loop {bare:.0f} img/s, sweeplab {loop:.0f} img/s, "
+        f"ratio {loop / bare:.3f}x"
+    )
 
     rates: dict[str, float] = {}
     for _ in range(args.rounds):
         for k, v in augmentation_throughput(512, 20).items():
             rates[k] = max(rates.get(k, 0.0), v)
-    print("3. augmentation, uint8 32x32x3 batches of 512: " + ", ".join(
-        f"{k} {v / 1000:.0f}k img/s" for k, v in rates.items()))  # fmt: skip
+    print(
+        "3. augmentation, uint8 32x32x3 batches of 512: "
+        + ", ".join(f"{k} {v / 1000:.0f}k img/s" for k, v in rates.items())
+    )
     share = data_share_of_step(args.batch, 20)
     print(f"   data (standard augment + normalise) = {100 * share:.1f}% of a simple_cnn step")
 

@@ -31,13 +31,23 @@ TRAIN = Path(__file__).resolve().parents[1] / "src" / "train.py"
 
 
 def sweep_wall_time(launcher: list[str], images: int, epochs: int) -> float:
-    args = ["-m", "trainer.seed=1,2,3,4", "dataset=synthetic", f"dataset.num_train={images}",
-            "dataset.num_test=1000", f"trainer.epochs={epochs}", "trainer.batch_size=128",
-            "trainer.device=cpu", "model=simple_cnn", *launcher]  # fmt: skip
+    args = [
+        "-m",
+        "trainer.seed=1,2,3,4",
+        "dataset=synthetic",
+        f"dataset.num_train={images}",
+        "dataset.num_test=1000",
+        f"trainer.epochs={epochs}",
+        "trainer.batch_size=128",
+        "trainer.device=cpu",
+        "model=simple_cnn",
+        *launcher,
+    ]
     with tempfile.TemporaryDirectory(prefix="sweeplab-bench-") as cwd:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd,
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True
+        )
         elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stderr[-3000:]}")
@@ -57,16 +67,21 @@ def main() -> None:
         variants = {
             "sequential (basic launcher, 1 thread/job)": one,
             "2 parallel (joblib n_jobs=2, 1 thread/job)": [
-                *one, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-        }  # fmt: skip
+                *one,
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2",
+            ],
+        }
     else:
         variants = {
             "sequential (basic launcher)": [],
             "joblib at its defaults (hydra/launcher=joblib)": ["hydra/launcher=joblib"],
             # what the plugin's default (-1: a job per core) did before sweeplab chose for it
             "joblib n_jobs=-1 (the plugin's own default)": [
-                "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"],
-        }  # fmt: skip
+                "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=-1",
+            ],
+        }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, launcher in variants.items():

@@ -30,18 +30,29 @@ import optuna
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = ["optimizer=choice(sgd,adam,adamw,rmsprop)", "optimizer.lr=tag(log,interval(1e-4,1e-1))",
-         "optimizer.weight_decay=tag(log,interval(1e-6,1e-2))",
-         "augmentation=choice(none,standard)"]  # fmt: skip
+SPACE = [
+    "optimizer=choice(sgd,adam,adamw,rmsprop)",
+    "optimizer.lr=tag(log,interval(1e-4,1e-1))",
+    "optimizer.weight_decay=tag(log,interval(1e-6,1e-2))",
+    "augmentation=choice(none,standard)",
+]
 
 
 def search(tool: str, python: str, seed: int, args) -> tuple[float, float, int]:
     """(wall seconds, best val_acc, trials pruned) of one search launched as a user would."""
-    common = ["-m", "dataset=mnist", f"dataset.train_subset={args.train_subset}",
-              f"trainer.epochs={args.epochs}", "model=simple_cnn", "trainer.device=cpu",
-              f"dataset.val_fraction={args.val_fraction}",
-              f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.sampler.seed={seed}",
-              "hydra.sweeper.direction=maximize", *SPACE]  # fmt: skip
+    common = [
+        "-m",
+        "dataset=mnist",
+        f"dataset.train_subset={args.train_subset}",
+        f"trainer.epochs={args.epochs}",
+        "model=simple_cnn",
+        "trainer.device=cpu",
+        f"dataset.val_fraction={args.val_fraction}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.sampler.seed={seed}",
+        "hydra.sweeper.direction=maximize",
+        *SPACE,
+    ]
     if tool == "sweeplab-unpruned":
         chosen = ["hparams_search=optuna", "hydra/sweeper/pruner=none"]
     elif tool == "official":
@@ -52,8 +63,13 @@ def search(tool: str, python: str, seed: int, args) -> tuple[float, float, int]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix=f"sweeplab-search-{tool}-") as cwd:
         start = time.perf_counter()
-        proc = subprocess.run([python, str(REPO / "src" / "train.py"), *common, *chosen],
-                              cwd=cwd, env=env, capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [python, str(REPO / "src" / "train.py"), *common, *chosen],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             sys.exit(f"{tool} search failed:\n{proc.stderr[-3000:]}")
@@ -88,18 +104,27 @@ def main() -> None:
             python = args.official_python if tool == "official" else sys.executable
             result[tool] = search(tool, python, seed, args)
             wall, best, pruned = result[tool]
-            print(f"seed {seed} {tool:17s}: {wall:6.1f} s  best val_acc {best:.4f}  "
-                  f"pruned {pruned}", flush=True)  # fmt: skip
+            print(
+                f"seed {seed} {tool:17s}: {wall:6.1f} s  best val_acc {best:.4f}  pruned {pruned}",
+                flush=True,
+            )
         rows.append((seed, result["official"], result["sweeplab"]))
         if "sweeplab-unpruned" in result:
             uw, ub, _ = result["sweeplab-unpruned"]
-            print(f"seed {seed}: unpruned sweeplab {uw:.1f} s ({uw / result['official'][0]:.2f}x), "
-                  f"best {ub:.4f}", flush=True)  # fmt: skip
-    print("\n| sampler seed | official: wall, best val_acc | sweeplab: wall, best val_acc, pruned "
-          "| wall ratio | val_acc diff |\n|---|---|---|---|---|")  # fmt: skip
+            print(
+                f"seed {seed}: unpruned sweeplab {uw:.1f} s ({uw / result['official'][0]:.2f}x), "
+                f"best {ub:.4f}",
+                flush=True,
+            )
+    print(
+        "\n| sampler seed | official: wall, best val_acc | sweeplab: wall, best val_acc, pruned "
+        "| wall ratio | val_acc diff |\n|---|---|---|---|---|"
+    )
     for seed, (ow, ob, _), (sw, sb, sp) in rows:
-        print(f"| {seed} | {ow:.1f} s, {ob:.4f} | {sw:.1f} s, {sb:.4f}, {sp} | {sw / ow:.2f}x | "
-              f"{100 * (sb - ob):+.2f} pt |")  # fmt: skip
+        print(
+            f"| {seed} | {ow:.1f} s, {ob:.4f} | {sw:.1f} s, {sb:.4f}, {sp} | {sw / ow:.2f}x | "
+            f"{100 * (sb - ob):+.2f} pt |"
+        )
     ratio = statistics.median(s[0] / o[0] for _, o, s in rows)
     diff = statistics.mean(100 * (s[1] - o[1]) for _, o, s in rows)
     print(f"\nmedian wall ratio {ratio:.2f}x, mean best val_acc difference {diff:+.2f} pt")

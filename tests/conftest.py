@@ -100,9 +100,15 @@ def small_cfg(store_root, tmp_path):
 
     def make(*overrides: str) -> DictConfig:
         # A small synthetic set unless the test picks another dataset.
-        synthetic = [] if any(o.startswith("dataset=") for o in overrides) else [
-            "dataset=synthetic", "dataset.num_train=320", "dataset.num_test=100",
-        ]  # fmt: skip
+        synthetic = (
+            []
+            if any(o.startswith("dataset=") for o in overrides)
+            else [
+                "dataset=synthetic",
+                "dataset.num_train=320",
+                "dataset.num_test=100",
+            ]
+        )
         return compose_cfg(
             [
                 *synthetic,

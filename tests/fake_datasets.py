@@ -23,8 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 SIZES = {"train": 200, "test": 50}  # per split; CIFAR-10's train is 5 batches of 40
 
 
@@ -56,8 +66,10 @@ def write_cifar100(root: Path) -> Path:
     for split, seed in (("train", 1), ("test", 0)):
         data, _ = _images(SIZES[split], (3072,), seed)
         fine = np.random.default_rng(seed).integers(0, 100, SIZES[split]).tolist()
-        _pickle(folder / split, {"data": data, "fine_labels": fine,
-                                 "coarse_labels": [f // 5 for f in fine]})  # fmt: skip
+        _pickle(
+            folder / split,
+            {"data": data, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine]},
+        )
     _pickle(folder / "meta", {"fine_label_names": [f"class{i:02d}" for i in range(100)]})
     return folder
 
@@ -79,8 +91,11 @@ def write_fashion_mnist(root: Path) -> Path:
     return folder
 
 
-WRITERS = {"cifar10": write_cifar10, "cifar100": write_cifar100,
-           "fashion_mnist": write_fashion_mnist}  # fmt: skip
+WRITERS = {
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "fashion_mnist": write_fashion_mnist,
+}
 
 
 def exists_check(fpath, md5=None) -> bool:

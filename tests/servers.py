@@ -146,23 +146,64 @@ def postgres_running() -> Iterator[Postgres]:
     data = pg.home / "data"
     started = False
     try:
-        _run_pg([str(pg.bin / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
-                 "--encoding=UTF8", "--no-sync"], "initdb")  # fmt: skip
+        _run_pg(
+            [
+                str(pg.bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            "initdb",
+        )
         # TCP on loopback only; no unix socket, so nothing depends on /var/run/postgresql.
         options = f"-p {pg.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         started = True  # from here on, always try to stop it (start -w may time out half-way)
-        _run_pg([str(pg.bin / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),
-                 "-l", str(pg.log), "-o", options], "pg_ctl start", pg.log)  # fmt: skip
-        _run_pg([str(pg.bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", PG_USER,
-                 pg.db], "createdb", pg.log)  # fmt: skip
+        _run_pg(
+            [
+                str(pg.bin / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(data),
+                "-l",
+                str(pg.log),
+                "-o",
+                options,
+            ],
+            "pg_ctl start",
+            pg.log,
+        )
+        _run_pg(
+            [str(pg.bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", PG_USER, pg.db],
+            "createdb",
+            pg.log,
+        )
         yield pg
     finally:
         if started:
             subprocess.run(
-                as_postgres_user([str(pg.bin / "pg_ctl"), "stop", "-D", str(data), "-m", "fast",
-                                  "-w", "-t", "60"]),
-                capture_output=True, timeout=120,
-            )  # fmt: skip
+                as_postgres_user(
+                    [
+                        str(pg.bin / "pg_ctl"),
+                        "stop",
+                        "-D",
+                        str(data),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "60",
+                    ]
+                ),
+                capture_output=True,
+                timeout=120,
+            )
         shutil.rmtree(pg.home, ignore_errors=True)
 
 
@@ -222,8 +263,21 @@ def mlflow_server_running(
     access to it). One worker: the tests are small and the CI machine has 2 cores.
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", command, "--backend-store-uri", backend_uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        command,
+        "--backend-store-uri",
+        backend_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        *extra,
+    ]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -235,8 +289,9 @@ def mlflow_server_running(
     # use, seconds of CPU on a 2-core machine.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     server = MlflowServer(f"http://127.0.0.1:{port}", proc, log, artifacts)
     try:
         wait_healthy(server)

@@ -12,8 +12,9 @@ from sweeplab.train.trainer import build
 
 
 def _batch(n=64, c=3, size=32, seed=0):
-    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return torch.randint(
+        0, 256, (n, c, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.mark.parametrize("option", GROUPS["augmentation"])

@@ -65,11 +65,19 @@ def placeholders(tmp_path_factory, data_dir, store_root):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp / "a-file").write_text("in the way")
-    other = compose_cfg([
-        "dataset=synthetic", "dataset.num_train=100", "dataset.num_test=20", "trainer.epochs=1",
-        "trainer.device=cpu", f"tracking.root={store_root}", "tracking.experiment=other-config",
-        f"output_dir={tmp / 'other'}", "tracking.keep_last_checkpoint=true",
-    ])  # fmt: skip
+    other = compose_cfg(
+        [
+            "dataset=synthetic",
+            "dataset.num_train=100",
+            "dataset.num_test=20",
+            "trainer.epochs=1",
+            "trainer.device=cpu",
+            f"tracking.root={store_root}",
+            "tracking.experiment=other-config",
+            f"output_dir={tmp / 'other'}",
+            "tracking.keep_last_checkpoint=true",
+        ]
+    )
     train(other)
     client = store_client(store_root)
     bare = client.create_run(client.create_experiment("bare-runs")).info.run_id

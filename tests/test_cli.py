@@ -20,8 +20,12 @@ def run_cli(args: list[str], cwd: Path, data_dir: Path, timeout: int = 900):
     env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +56,17 @@ def test_headline_sweep_gives_four_finished_runs_in_one_experiment(headline_swee
     for r in runs:
         assert {"best_val_acc", "test_acc", "test_macro_f1"} <= set(r.data.metrics)
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == [1, 2]
-        paths = {a.path for d in ("checkpoints", "plots", "hydra")
-                 for a in client.list_artifacts(r.info.run_id, d)}  # fmt: skip
-        assert {"checkpoints/best.pt", "plots/confusion_matrix.png",
-                "hydra/config.yaml", "hydra/overrides.yaml"} <= paths  # fmt: skip
+        paths = {
+            a.path
+            for d in ("checkpoints", "plots", "hydra")
+            for a in client.list_artifacts(r.info.run_id, d)
+        }
+        assert {
+            "checkpoints/best.pt",
+            "plots/confusion_matrix.png",
+            "hydra/config.yaml",
+            "hydra/overrides.yaml",
+        } <= paths
         assert r.data.tags["hydra.output_dir"].startswith("outputs/multiruns/")
         # artifacts live under the launch directory's mlruns/, not in a job directory
         assert r.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
@@ -69,12 +80,14 @@ def test_rerun_from_saved_hydra_config_gives_equal_metrics(headline_sweep, data_
     cwd, client, _ = headline_sweep
     exp = client.get_experiment_by_name("mnist")
     (original,) = client.search_runs(
-        [exp.experiment_id], "params.model._target_ = 'sweeplab.train.models.simple_cnn' and "
+        [exp.experiment_id],
+        "params.model._target_ = 'sweeplab.train.models.simple_cnn' and "
         "params.optimizer._target_ = 'torch.optim.Adam'",
-    )  # fmt: skip
+    )
     job_dir = cwd / original.data.tags["hydra.output_dir"]
-    proc = run_cli(["--config-path", str(job_dir / ".hydra"), "--config-name", "config"], cwd,
-                   data_dir)  # fmt: skip
+    proc = run_cli(
+        ["--config-path", str(job_dir / ".hydra"), "--config-name", "config"], cwd, data_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = client.search_runs([exp.experiment_id], order_by=["start_time DESC"], max_results=1)
     again = runs[0]
@@ -101,8 +114,9 @@ def test_headline_sweep_runs_on_the_default_dataset_cifar10(tmp_path, fake_data_
     """The headline command as written (plus a tiny size) on dataset=cifar10, the default,
     through files in torchvision's CIFAR-10 format."""
     env = subprocess_env(tmp_path, SWEEPLAB_DATA_DIR=str(fake_data_root), HYDRA_FULL_ERROR="0")
-    proc = subprocess.run([*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = store_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("cifar10")
@@ -124,14 +138,29 @@ def test_a_parallel_sweep_downloads_its_dataset_once_before_any_job(tmp_path):
     download that logs its pid and takes 3 s), the jobs only read."""
     log = tmp_path / "downloads.log"
     env = subprocess_env(
-        tmp_path, SWEEPLAB_DATA_DIR=str(tmp_path / "data"), SWEEPLAB_FAKE_DOWNLOAD_LOG=str(log),
-        SWEEPLAB_FAKE_DOWNLOAD_SECONDS="3", HYDRA_FULL_ERROR="0",
-    )  # fmt: skip
+        tmp_path,
+        SWEEPLAB_DATA_DIR=str(tmp_path / "data"),
+        SWEEPLAB_FAKE_DOWNLOAD_LOG=str(log),
+        SWEEPLAB_FAKE_DOWNLOAD_SECONDS="3",
+        HYDRA_FULL_ERROR="0",
+    )
     proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), "-m", "hydra/launcher=joblib",
-         "hydra.launcher.n_jobs=2", "optimizer=sgd,adam", "model=lenet", *TINY],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(TRAIN_SCRIPT),
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "optimizer=sgd,adam",
+            "model=lenet",
+            *TINY,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert log.read_text().split() == [str(proc.pid)]  # once, by the launching process
@@ -144,8 +173,9 @@ def test_a_parallel_sweep_downloads_its_dataset_once_before_any_job(tmp_path):
 
 def test_an_offline_sweep_stops_once_before_any_job_and_creates_no_store(tmp_path):
     env = subprocess_env(tmp_path, offline=True, SWEEPLAB_DATA_DIR=str(tmp_path / "data"))
-    proc = subprocess.run([*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*HEADLINE, *TINY], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert "cifar10 is not available under" in line and "the download failed" in line

@@ -17,14 +17,25 @@ from sweeplab.train.trainer import build
 
 def test_groups_offer_what_the_readme_promises():
     assert GROUPS["dataset"] == [
-        "cifar10", "cifar100", "fashion_mnist", "imagefolder", "mnist", "synthetic",
-    ]  # fmt: skip
+        "cifar10",
+        "cifar100",
+        "fashion_mnist",
+        "imagefolder",
+        "mnist",
+        "synthetic",
+    ]
     assert GROUPS["model"] == ["lenet", "resnet18", "simple_cnn", "torchvision"]
     assert GROUPS["optimizer"] == ["adam", "adamw", "rmsprop", "sgd"]
     assert GROUPS["scheduler"] == ["cosine", "none", "onecycle", "step"]
     assert GROUPS["augmentation"] == [
-        "cutmix", "mixup", "none", "randaugment", "seed_tutorial", "standard", "trivialaugment",
-    ]  # fmt: skip
+        "cutmix",
+        "mixup",
+        "none",
+        "randaugment",
+        "seed_tutorial",
+        "standard",
+        "trivialaugment",
+    ]
 
 
 def test_defaults_are_the_headline_setup():
@@ -224,7 +235,7 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
             ["model=resnet19"],
             "Could not find 'model/resnet19': the options of model are lenet, "
             "resnet18, simple_cnn, torchvision",
-        ),  # fmt: skip
+        ),
         (["-m", "optimizer=sgd,adamm"], "Could not find 'optimizer/adamm'"),
         (["+experiment=quick"], "Could not find 'experiment/quick'"),
         (["-m", "--cfg", "job"], "--multirun and --cfg cannot be combined"),

@@ -70,25 +70,42 @@ def test_evaluate_scores_every_image_not_just_one_batch():
             return torch.tensor([0.0, 1.0, 0.0, 0.0]).expand(len(x), -1)
 
     loss, acc, confusion = evaluate(
-        Constant(), split.batches(300), normalize=lambda x: x.float(),
-        loss_fn=torch.nn.CrossEntropyLoss(), num_classes=k, device=CPU,
-    )  # fmt: skip
+        Constant(),
+        split.batches(300),
+        normalize=lambda x: x.float(),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        num_classes=k,
+        device=CPU,
+    )
     assert int(confusion.sum()) == n
     assert acc == pytest.approx(int((torch.arange(n) % k == 1).sum()) / n)
     assert confusion[:, 1].sum() == n
 
 
 def test_synthetic_has_the_configured_shapes():
-    cfg = compose_cfg(["dataset=synthetic", "dataset.in_channels=1", "dataset.image_size=16",
-                       "dataset.mean=[0.5]", "dataset.std=[0.25]"])  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "dataset=synthetic",
+            "dataset.in_channels=1",
+            "dataset.image_size=16",
+            "dataset.mean=[0.5]",
+            "dataset.std=[0.25]",
+        ]
+    )
     data = build(cfg.dataset, device=CPU, seed=0)
     assert data.train.images.shape[1:] == (1, 16, 16)
     assert len(data.train) + len(data.val) == cfg.dataset.num_train
 
 
 def test_image_folder_loads_through_workers_as_uint8_batches(image_folder):
-    cfg = compose_cfg(["dataset=imagefolder", f"dataset.root={image_folder}",
-                       "dataset.image_size=32", "dataset.num_workers=1"])  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "dataset=imagefolder",
+            f"dataset.root={image_folder}",
+            "dataset.image_size=32",
+            "dataset.num_workers=1",
+        ]
+    )
     assert cfg.dataset.num_classes == 3  # counted from the folder
     data = build(cfg.dataset, device=CPU, seed=0)
     assert data.classes == ["digit0", "digit1", "digit2"]
@@ -124,10 +141,24 @@ def test_image_folder_without_images_is_refused(tmp_path):
     [
         ("cifar10", (3, 32, 32), fake_datasets.CIFAR10_CLASSES),
         ("cifar100", (3, 32, 32), [f"class{i:02d}" for i in range(100)]),
-        ("fashion_mnist", (1, 28, 28), ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+        (
+            "fashion_mnist",
+            (1, 28, 28),
+            [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ],
+        ),
     ],
-)  # fmt: skip
+)
 def test_torchvision_formats_load_through_the_dataset_option(
     name, shape, classes, fake_data_root, fake_torchvision
 ):
@@ -182,8 +213,12 @@ def _pytest_without_data_dir(tmp_path: Path, sitecustomize: str) -> subprocess.C
     test = "tests/test_data.py::test_mnist_loads_as_uint8_tensors_with_a_val_split"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -238,9 +273,15 @@ def test_a_broken_image_in_a_training_folder_is_named_in_one_line(small_cfg, ima
 
     bad = image_folder / "train" / "digit1" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF truncated")
-    cfg = small_cfg("dataset=imagefolder", f"dataset.root={image_folder}", "dataset.in_channels=1",
-                    "dataset.mean=[0.13]", "dataset.std=[0.31]", "dataset.image_size=28",
-                    "dataset.num_workers=1")  # fmt: skip  # a real worker process
+    cfg = small_cfg(
+        "dataset=imagefolder",
+        f"dataset.root={image_folder}",
+        "dataset.in_channels=1",
+        "dataset.mean=[0.13]",
+        "dataset.std=[0.31]",
+        "dataset.image_size=28",
+        "dataset.num_workers=1",
+    )  # a real worker process
     with pytest.raises(UnreadableImage) as e:
         train(cfg)
     message = str(e.value)

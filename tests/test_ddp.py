@@ -16,9 +16,18 @@ from sweeplab.track import logged_model
 
 # lenet has no BatchNorm and augmentation=none: a 2-rank run then computes the same global
 # gradients as one process with the same global batch, up to float rounding.
-COMMON = ["dataset=synthetic", "dataset.num_train=640", "dataset.num_test=200",
-          "trainer.epochs=3", "trainer.batch_size=64", "trainer.device=cpu", "model=lenet",
-          "augmentation=none", "optimizer=adam", "trainer.num_threads=1"]  # fmt: skip
+COMMON = [
+    "dataset=synthetic",
+    "dataset.num_train=640",
+    "dataset.num_test=200",
+    "trainer.epochs=3",
+    "trainer.batch_size=64",
+    "trainer.device=cpu",
+    "model=lenet",
+    "augmentation=none",
+    "optimizer=adam",
+    "trainer.num_threads=1",
+]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -63,8 +72,10 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         a, b = history(ref_client, ref.info.run_id, key), history(client, got.info.run_id, key)
         assert len(a) == len(b) == 3
         assert b == pytest.approx(a, rel=1e-4), key
-    assert history(client, got.info.run_id, "train_loss")[0] != history(
-        client, got.info.run_id, "train_loss")[-1]  # fmt: skip  # it learned something
+    assert (
+        history(client, got.info.run_id, "train_loss")[0]
+        != history(client, got.info.run_id, "train_loss")[-1]
+    )  # it learned something
     for key in ("best_val_acc", "test_acc"):  # all-reduced over both ranks' halves of the sets
         assert got.data.metrics[key] == pytest.approx(ref.data.metrics[key], abs=0.011), key
     checkpoints = sorted(p.name for p in (ddp / "outputs").rglob("*.pt"))
@@ -75,8 +86,11 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *COMMON, "trainer.strategy=ddp"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "trainer.strategy=ddp needs torchrun" in proc.stderr
 

@@ -57,12 +57,17 @@ def _one_epoch(grad_clip: float | None) -> list[float]:
     y = torch.randint(0, 10, (64,), generator=g)
     batches = [(x[i : i + 16], y[i : i + 16] * 0 + 3) for i in range(0, 64, 16)]  # one class
     loop.train_epoch(
-        model, batches, optimizer=optimizer,
+        model,
+        batches,
+        optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-        loss_fn=nn.CrossEntropyLoss(), augment=lambda x, y, g=None: (x, y),
-        normalize=lambda x: x.float() / 255 * 40, generator=None, device=torch.device("cpu"),
+        loss_fn=nn.CrossEntropyLoss(),
+        augment=lambda x, y, g=None: (x, y),
+        normalize=lambda x: x.float() / 255 * 40,
+        generator=None,
+        device=torch.device("cpu"),
         grad_clip=grad_clip,
-    )  # fmt: skip
+    )
     return optimizer.norms
 
 

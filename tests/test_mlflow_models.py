@@ -37,10 +37,13 @@ def test_per_class_table_and_macro_averages_from_a_confusion_matrix():
     assert table["recall"] == pytest.approx([3 / 4, 1, 0])
     assert table["f1"] == pytest.approx([3 / 4, 0.8, 0])
     assert table["support"] == [4, 2, 1]
-    assert macro_metrics(table) == pytest.approx({
-        "test_macro_precision": (3 / 4 + 2 / 3) / 3, "test_macro_recall": (3 / 4 + 1) / 3,
-        "test_macro_f1": (3 / 4 + 0.8) / 3,
-    })  # fmt: skip
+    assert macro_metrics(table) == pytest.approx(
+        {
+            "test_macro_precision": (3 / 4 + 2 / 3) / 3,
+            "test_macro_recall": (3 / 4 + 1) / 3,
+            "test_macro_f1": (3 / 4 + 0.8) / 3,
+        }
+    )
 
 
 def splits_of(cfg):
@@ -144,8 +147,13 @@ def test_later_jobs_log_the_first_jobs_graph_with_their_own_weights(small_cfg, r
 def test_a_graph_is_reused_only_for_the_same_architecture_and_input_shape(real_exports):
     def classifier(seed: int, width: int = 8, extra: nn.Module | None = None):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.Flatten(),
-                            nn.LazyLinear(3), *([extra] if extra else []))  # fmt: skip
+        net = nn.Sequential(
+            nn.Conv2d(1, width, 3),
+            nn.BatchNorm2d(width),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+            *([extra] if extra else []),
+        )
         net(torch.zeros(2, 1, 8, 8))  # materialise the lazy layer
         return logged_model.serving_module(net, [0.5], [0.2], channels_last=False)
 
@@ -320,8 +328,17 @@ def test_predict_reads_files_and_folders_like_the_model_was_trained(small_cfg, t
     big = torch.nn.functional.interpolate(data.test.images[:1].float(), scale_factor=2).byte()
     write_png(big[0], tmp_path / "big.png")  # 64 x 64: resized to the model's 32
     out = tmp_path / "preds.csv"
-    args = [result["run_id"], str(folder), str(tmp_path / "big.png"), "--out", str(out),
-            "--tracking-uri", cfg.tracking.uri, "--batch-size", "5"]  # fmt: skip
+    args = [
+        result["run_id"],
+        str(folder),
+        str(tmp_path / "big.png"),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        cfg.tracking.uri,
+        "--batch-size",
+        "5",
+    ]
     assert predict.main(args) == 1  # one file unreadable: said, and the rest predicted
     assert "broken.png" in capsys.readouterr().err
     with out.open() as f:
@@ -340,9 +357,16 @@ def test_predict_reads_files_and_folders_like_the_model_was_trained(small_cfg, t
 def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_training_did(
     small_cfg, client, image_folder, tmp_path
 ):
-    cfg = small_cfg("dataset=imagefolder", f"dataset.root={image_folder}", "dataset.in_channels=1",
-                    "dataset.mean=[0.13]", "dataset.std=[0.31]", "dataset.image_size=28",
-                    "dataset.num_workers=0", "optimizer=adam")  # fmt: skip
+    cfg = small_cfg(
+        "dataset=imagefolder",
+        f"dataset.root={image_folder}",
+        "dataset.in_channels=1",
+        "dataset.mean=[0.13]",
+        "dataset.std=[0.31]",
+        "dataset.image_size=28",
+        "dataset.num_workers=0",
+        "optimizer=adam",
+    )
     result = train(cfg)
     splits = inputs_by_context(client.get_run(result["run_id"]))
     val_source = json.loads(splits["val"].source)["uri"]
@@ -352,15 +376,22 @@ def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_trainin
 
     # predict on the val folder: the very pixels training evaluated, so the same predictions
     out = tmp_path / "val.csv"
-    args = [result["run_id"], str(image_folder / "val"), "--out", str(out),
-            "--tracking-uri", cfg.tracking.uri]  # fmt: skip
+    args = [
+        result["run_id"],
+        str(image_folder / "val"),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        cfg.tracking.uri,
+    ]
     assert predict.main(args) == 0
     with out.open() as f:
         predicted = {r["file"]: r["class"] for r in csv.DictReader(f)}
     val = splits_of(cfg).val.dataset  # the ImageFolder training read val/ through
     images = torch.stack([val[i][0] for i in range(len(val))])
-    loaded, _ = logged_model.load(logged_model.model_uri(client, result["run_id"]),
-                                  cfg.tracking.uri)  # fmt: skip
+    loaded, _ = logged_model.load(
+        logged_model.model_uri(client, result["run_id"]), cfg.tracking.uri
+    )
     with torch.no_grad():
         expected = loaded(images).argmax(1)
     paths = [path for path, _ in val.samples]
@@ -383,11 +414,19 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
 
     env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    sweep = [sys.executable, str(TRAIN_SCRIPT), "-m", "dataset=mnist", "dataset.train_subset=1000",
-             "trainer.epochs=1", "trainer.device=cpu", "optimizer=sgd,adam",
-             "optimizer.lr=0.01", "sweep.register_best=digits"]  # fmt: skip
-    proc = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    sweep = [
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        "-m",
+        "dataset=mnist",
+        "dataset.train_subset=1000",
+        "trainer.epochs=1",
+        "trainer.device=cpu",
+        "optimizer=sgd,adam",
+        "optimizer.lr=0.01",
+        "sweep.register_best=digits",
+    ]
+    proc = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "alias models:/digits@best" in proc.stdout
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -412,8 +451,10 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
     for i, (image, label) in enumerate(zip(mnist.data, mnist.targets, strict=True)):
         write_png(image.unsqueeze(0), pngs / mnist.classes[label] / f"{i:05d}.png")
     out = tmp_path / "preds.csv"
-    assert predict.main(["models:/digits@best", str(pngs), "--out", str(out),
-                         "--tracking-uri", uri]) == 0  # fmt: skip
+    assert (
+        predict.main(["models:/digits@best", str(pngs), "--out", str(out), "--tracking-uri", uri])
+        == 0
+    )
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10_000
@@ -421,20 +462,51 @@ def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_p
     assert right / len(rows) == best.data.metrics["test_acc"]
 
     # the report registers again on demand: version 2, the alias moves to it
-    assert report_main([parent.data.tags["sweeplab.sweep_id"], "--register", "digits",
-                        "--tracking-uri", uri]) == 0  # fmt: skip
+    assert (
+        report_main(
+            [parent.data.tags["sweeplab.sweep_id"], "--register", "digits", "--tracking-uri", uri]
+        )
+        == 0
+    )
     assert str(client.get_model_version_by_alias("digits", "best").version) == "2"
 
     # README's `mlflow models predict` on the model's own serving example: the model's logits
     serving = tmp_path / "serving"
     menv = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
-    subprocess.run(["mlflow", "artifacts", "download", "-u",
-                    "models:/digits@best/serving_input_example.json", "-d", str(serving)],
-                   env=menv, check=True, capture_output=True, timeout=300)  # fmt: skip
-    served = subprocess.run(["mlflow", "models", "predict", "-m", "models:/digits@best", "-i",
-                             str(serving / "serving_input_example.json"), "-t", "json",
-                             "--env-manager", "local"], env=menv, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            "mlflow",
+            "artifacts",
+            "download",
+            "-u",
+            "models:/digits@best/serving_input_example.json",
+            "-d",
+            str(serving),
+        ],
+        env=menv,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    served = subprocess.run(
+        [
+            "mlflow",
+            "models",
+            "predict",
+            "-m",
+            "models:/digits@best",
+            "-i",
+            str(serving / "serving_input_example.json"),
+            "-t",
+            "json",
+            "--env-manager",
+            "local",
+        ],
+        env=menv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert served.returncode == 0, served.stderr[-2000:]
     predictions = np.array(json.loads(served.stdout.strip().splitlines()[-1])["predictions"])
     example = json.loads((serving / "serving_input_example.json").read_text())["inputs"]
@@ -457,8 +529,9 @@ def bomb_png(path: Path, side: int = 20_000) -> None:
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 class Payload:
@@ -495,8 +568,10 @@ def test_predict_never_unpickles_and_its_mistakes_are_one_line(small_cfg, client
     assert [r["file"] for r in csv.DictReader(out.open())] == list(map(str, good))
     good = good[0]
 
-    for bad, said in [(["--out", str(tmp_path / "nowhere" / "p.csv")], "does not exist"),
-                      (["--batch-size", "0"], "--batch-size 0: give a number >= 1")]:  # fmt: skip
+    for bad, said in [
+        (["--out", str(tmp_path / "nowhere" / "p.csv")], "does not exist"),
+        (["--batch-size", "0"], "--batch-size 0: give a number >= 1"),
+    ]:
         assert predict.main([result["run_id"], str(good), *bad, *uri]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("sweeplab-predict: error:") and said in line

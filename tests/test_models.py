@@ -73,16 +73,27 @@ def test_unknown_torchvision_name_lists_known_ones():
 
 
 def test_bf16_autocast_grad_clip_and_label_smoothing_train_on_cpu(small_cfg):
-    result = train(small_cfg("trainer.amp=bf16", "trainer.grad_clip=1.0",
-                             "trainer.label_smoothing=0.1", "scheduler=onecycle"))  # fmt: skip
+    result = train(
+        small_cfg(
+            "trainer.amp=bf16",
+            "trainer.grad_clip=1.0",
+            "trainer.label_smoothing=0.1",
+            "scheduler=onecycle",
+        )
+    )
     assert 0 <= result["test_acc"] <= 1
     assert torch.isfinite(torch.tensor(result["test_loss"]))
 
 
 def test_early_stopping_stops_when_val_acc_stalls(small_cfg):
     # lr 0 (via a step schedule with gamma 0 after epoch 1): val_acc cannot improve after epoch 1
-    cfg = small_cfg("trainer.epochs=6", "trainer.early_stopping=2", "scheduler=step",
-                    "scheduler.step_epochs=1", "scheduler.gamma=0.0")  # fmt: skip
+    cfg = small_cfg(
+        "trainer.epochs=6",
+        "trainer.early_stopping=2",
+        "scheduler=step",
+        "scheduler.step_epochs=1",
+        "scheduler.gamma=0.0",
+    )
     result = train(cfg)
     assert len(result["history"]) < 6
     assert result["history"][-1]["epoch"] - result["best_epoch"] == 2

@@ -29,8 +29,15 @@ from sweeplab.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from sweeplab.train.loop import NonFiniteLossError
 
 # A synthetic job that takes a few seconds per epoch: long enough to be interrupted.
-SLOW = ["dataset=synthetic", "dataset.num_train=1500", "dataset.num_test=200", "trainer.epochs=4",
-        "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1"]  # fmt: skip
+SLOW = [
+    "dataset=synthetic",
+    "dataset.num_train=1500",
+    "dataset.num_test=200",
+    "trainer.epochs=4",
+    "trainer.batch_size=32",
+    "trainer.device=cpu",
+    "trainer.num_threads=1",
+]
 
 
 def _sigint_as_in_a_terminal() -> None:
@@ -41,10 +48,14 @@ def _sigint_as_in_a_terminal() -> None:
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         preexec_fn=_sigint_as_in_a_terminal,
-    )  # fmt: skip
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> list[str]:
@@ -88,8 +99,10 @@ def only_run(root: Path, experiment: str = "synthetic"):
 
 @pytest.mark.slow
 def test_1_eight_parallel_jobs_on_a_fresh_store(tmp_path):
-    procs = [start([*SLOW, "trainer.epochs=1", "dataset.num_train=200", f"trainer.seed={i}"],
-                   tmp_path) for i in range(8)]  # fmt: skip
+    procs = [
+        start([*SLOW, "trainer.epochs=1", "dataset.num_train=200", f"trainer.seed={i}"], tmp_path)
+        for i in range(8)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-2000:]
@@ -102,9 +115,16 @@ def test_1_eight_parallel_jobs_on_a_fresh_store(tmp_path):
 
 @pytest.mark.slow
 def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
-    args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "trainer.seed=1,2",
-            "hydra.job.chdir=true", "tracking.root=store",
-            "tracking.uri=sqlite:///store/m.db"]  # fmt: skip
+    args = [
+        "-m",
+        *SLOW,
+        "trainer.epochs=1",
+        "dataset.num_train=200",
+        "trainer.seed=1,2",
+        "hydra.job.chdir=true",
+        "tracking.root=store",
+        "tracking.uri=sqlite:///store/m.db",
+    ]
     proc = start(args, tmp_path)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-2000:]
@@ -123,8 +143,14 @@ def test_2_relative_uri_with_hydra_chdir_gives_one_store(tmp_path):
 @pytest.mark.slow
 def test_3_failed_job_is_failed_with_traceback_and_the_sweep_goes_on(tmp_path):
     # alexnet's pooling cannot run on 32x32 images: job 2 crashes inside its first forward pass
-    args = ["-m", *SLOW, "trainer.epochs=1", "dataset.num_train=200", "model=torchvision",
-            "model.name=resnet18,alexnet,mobilenet_v3_small"]  # fmt: skip
+    args = [
+        "-m",
+        *SLOW,
+        "trainer.epochs=1",
+        "dataset.num_train=200",
+        "model=torchvision",
+        "model.name=resnet18,alexnet,mobilenet_v3_small",
+    ]
     proc = start(args, tmp_path)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode != 0
@@ -179,8 +205,13 @@ def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert cut.info.status == "RUNNING"  # what SIGKILL leaves behind ...
 
     # 5: a new launch of the same config marks the dead run KILLED
-    relaunch = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *SLOW, "trainer.epochs=1"],
-                              cwd=cut_dir, capture_output=True, text=True, timeout=300)  # fmt: skip
+    relaunch = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *SLOW, "trainer.epochs=1"],
+        cwd=cut_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert relaunch.returncode == 0, relaunch.stderr[-2000:]
     # (epochs=1 is another config: the dead run stays untouched by it)
     assert client.get_run(cut.info.run_id).info.status == "RUNNING"
@@ -193,8 +224,11 @@ def test_5_and_7_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # 7: resume the original run from its last.pt: same run, epochs 3-4, bitwise equal
     resumed = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *SLOW, f"trainer.resume={cut.info.run_id}"],
-        cwd=cut_dir, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cut_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, ref = only_run(ref_dir / "mlruns")
     final = client.get_run(cut.info.run_id)
@@ -347,12 +381,14 @@ def test_9_long_values_are_truncated_and_long_keys_shortened(small_cfg, client):
 
 def test_10_secrets_never_reach_params_tags_or_the_config_artifact(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPLAB_TEST_TOKEN", "hunter2")
-    cfg = OmegaConf.create({
-        "db": {"password": "pw-in-yaml", "host": "h"},
-        "api": {"key_from_env": "${oc.env:SWEEPLAB_TEST_TOKEN}"},
-        "tracking": {"uri": "http://alice:s3cret@mlflow.example:5000"},
-        "auth_token": "tok-123",
-    })  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "db": {"password": "pw-in-yaml", "host": "h"},
+            "api": {"key_from_env": "${oc.env:SWEEPLAB_TEST_TOKEN}"},
+            "tracking": {"uri": "http://alice:s3cret@mlflow.example:5000"},
+            "auth_token": "tok-123",
+        }
+    )
     flat = flatten_config(cfg, tmp_path)
     text = str(flat)
     for secret in ("pw-in-yaml", "hunter2", "s3cret", "tok-123"):
@@ -423,13 +459,19 @@ def test_14_a_damaged_store_or_deleted_experiment_stops_the_launch_and_touches_n
         store.write_bytes(store.read_bytes()[:50_000])
     before, content = _tree(tmp_path), store.read_bytes()
     proc = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), "-m", *SLOW, "trainer.seed=1,2"], cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [sys.executable, str(TRAIN_SCRIPT), "-m", *SLOW, "trainer.seed=1,2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    expected = {"not_a_database": "is not an SQLite database", "truncated": "is truncated",
-                "deleted_experiment": "mlflow experiments restore --experiment-id 1"}  # fmt: skip
+    expected = {
+        "not_a_database": "is not an SQLite database",
+        "truncated": "is truncated",
+        "deleted_experiment": "mlflow experiments restore --experiment-id 1",
+    }
     assert expected[damage] in line and "Traceback" not in proc.stderr
     assert _tree(tmp_path) == before and store.read_bytes() == content
 
@@ -469,10 +511,13 @@ def _files_sweeplab_wrote(root: Path) -> list[Path]:
     """Everything under the launch dir but Hydra's own records of the command (`.hydra/`,
     `multirun.yaml`: Hydra writes the overrides as typed, see docs/reliability.md)."""
     return [
-        p for p in root.rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.name != "multirun.yaml"
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and ".hydra" not in p.parts
+        and p.name != "multirun.yaml"
         and "conf_extra" not in p.parts
-    ]  # fmt: skip
+    ]
 
 
 def test_15_parallel_jobs_recording_the_same_dataset_both_link_it(client, monkeypatch):
@@ -529,9 +574,13 @@ def test_10_no_secret_reaches_the_store_or_any_file_by_any_route(mode, tmp_path)
     if mode == "sweep":
         job = ["-m", *job, "optimizer=sgd,adam"]
     proc = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *job], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, **env}, timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(TRAIN_SCRIPT), *job],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = _files_sweeplab_wrote(tmp_path)
     assert any(p.name == "mlflow.db" for p in files) and any(p.name == "config.yaml" for p in files)
@@ -597,8 +646,9 @@ def test_10_log_records_of_any_library_have_credentials_masked():
     from sweeplab.config.redact import RedactingFilter
 
     url = "http://u:hunter2@h:5000/api"
-    record = logging.LogRecord("mlflow", logging.WARNING, __file__, 1,
-                               "API request to %s failed", (url,), None)  # fmt: skip
+    record = logging.LogRecord(
+        "mlflow", logging.WARNING, __file__, 1, "API request to %s failed", (url,), None
+    )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "API request to http://u:***@h:5000/api failed"
 
@@ -615,8 +665,11 @@ def test_6_checkpoint_messages_name_the_cause(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"notes\.pt is not a PyTorch checkpoint"):
         load_checkpoint(text)
     # a real ENOSPC: the temporary file save_checkpoint writes is /dev/full
-    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (os.open("/dev/full", os.O_WRONLY),
-                                                          str(tmp_path / "gone.tmp")))  # fmt: skip
+    monkeypatch.setattr(
+        tempfile,
+        "mkstemp",
+        lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / "gone.tmp")),
+    )
     with pytest.raises(CheckpointError, match=r"best\.pt: no space left on device \(\d+ MiB free"):
         save_checkpoint({"w": torch.zeros(1_000_000)}, tmp_path / "best.pt")
     assert not (tmp_path / "best.pt").exists()

@@ -61,10 +61,14 @@ def test_search_space_syntax_matches_the_official_plugin(line, expected):
 
 
 def test_the_command_line_wins_over_the_config_params():
-    space, fixed = search_space({"optimizer": "choice(sgd, adam)", "lr": "interval(0.1, 1)"},
-                                ["optimizer=adam", "model=lenet,simple_cnn"])  # fmt: skip
-    assert space == {"lr": FloatDistribution(0.1, 1),
-                     "model": CategoricalDistribution(["lenet", "simple_cnn"])}  # fmt: skip
+    space, fixed = search_space(
+        {"optimizer": "choice(sgd, adam)", "lr": "interval(0.1, 1)"},
+        ["optimizer=adam", "model=lenet,simple_cnn"],
+    )
+    assert space == {
+        "lr": FloatDistribution(0.1, 1),
+        "model": CategoricalDistribution(["lenet", "simple_cnn"]),
+    }
     assert fixed == {"optimizer": "adam"}
 
 
@@ -75,8 +79,9 @@ def test_the_study_lives_beside_the_tracking_store(tmp_path):
     local = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/mlflow.db", "root": str(tmp_path)})
     assert storage_url(None, local) == f"sqlite:///{tmp_path}/optuna.db"
     assert storage_url("postgresql://u@h/db", local) == "postgresql://u@h/db"
-    server = OmegaConf.create({"uri": "http://127.0.0.1:5000", "root": str(tmp_path),
-                               "study_storage": None})  # fmt: skip
+    server = OmegaConf.create(
+        {"uri": "http://127.0.0.1:5000", "root": str(tmp_path), "study_storage": None}
+    )
     with pytest.raises(SearchError, match="tracking.study_storage"):
         storage_url(None, server)
     server.study_storage = "postgresql://u@h/db"
@@ -137,20 +142,37 @@ class StandInLauncher:
         return JobReturn(status=JobStatus.COMPLETED, _return_value=value)
 
 
-def make_sweeper(tmp_path, outcome, n_trials=4, n_jobs=2, direction="maximize",
-                 params=None, max_failure_rate=0.5, metric="best_val_acc", seeds=1):  # fmt: skip
+def make_sweeper(
+    tmp_path,
+    outcome,
+    n_trials=4,
+    n_jobs=2,
+    direction="maximize",
+    params=None,
+    max_failure_rate=0.5,
+    metric="best_val_acc",
+    seeds=1,
+):
     sweeper = SweeplabOptunaSweeper(
         sampler=OmegaConf.create({**SAMPLERS["random"]}),
         pruner=OmegaConf.create(PRUNERS["none"]),
-        direction=direction, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s",
-        n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate,
+        direction=direction,
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        study_name="s",
+        n_trials=n_trials,
+        n_jobs=n_jobs,
+        max_failure_rate=max_failure_rate,
         params=OmegaConf.create(params or {"x": "interval(0, 1)"}),
-    )  # fmt: skip
-    sweeper.config = OmegaConf.create({
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "root": str(tmp_path)},
-        "trainer": {"seed": 0}, "optimized_metric": metric, "sweep": {"seeds": seeds},
-        "hydra": {"launcher": {"_target_": "StandInLauncher"}, "sweep": {"dir": str(tmp_path)}},
-    })  # fmt: skip
+    )
+    sweeper.config = OmegaConf.create(
+        {
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "root": str(tmp_path)},
+            "trainer": {"seed": 0},
+            "optimized_metric": metric,
+            "sweep": {"seeds": seeds},
+            "hydra": {"launcher": {"_target_": "StandInLauncher"}, "sweep": {"dir": str(tmp_path)}},
+        }
+    )
     sweeper.launcher = StandInLauncher(outcome)
     return sweeper
 
@@ -174,8 +196,9 @@ def test_a_freed_slot_takes_the_next_trial_before_a_long_one_ends(tmp_path):
 
 def test_failed_and_nan_trials_are_fail_and_the_search_goes_on(tmp_path):
     outcomes = {"1": ValueError("loss became NaN"), "2": math.nan}
-    sweeper = make_sweeper(tmp_path, lambda p: (0.01, outcomes.get(p["sweep.trial"], 0.7)),
-                           n_trials=5, n_jobs=1)  # fmt: skip
+    sweeper = make_sweeper(
+        tmp_path, lambda p: (0.01, outcomes.get(p["sweep.trial"], 0.7)), n_trials=5, n_jobs=1
+    )
     sweeper.sweep([])
     trials = study_of(tmp_path).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
@@ -187,16 +210,24 @@ def test_failed_and_nan_trials_are_fail_and_the_search_goes_on(tmp_path):
 
 
 def test_too_many_failures_stop_the_search_with_the_reason(tmp_path, capsys):
-    sweeper = make_sweeper(tmp_path, lambda p: (0.01, RuntimeError("CUDA out of memory")),
-                           n_trials=10, n_jobs=1, max_failure_rate=0.2)  # fmt: skip
+    sweeper = make_sweeper(
+        tmp_path,
+        lambda p: (0.01, RuntimeError("CUDA out of memory")),
+        n_trials=10,
+        n_jobs=1,
+        max_failure_rate=0.2,
+    )
     with pytest.raises(SystemExit) as stopped:  # one line and exit 1, as a grid with failures
         sweeper.sweep([])
     assert stopped.value.code == 1
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert "Traceback" not in err
-    assert re.fullmatch(r"error: search stopped: 3 of 10 trials failed \(max_failure_rate=0.2\); "
-                        r"last: RuntimeError: CUDA out of memory", line)  # fmt: skip
+    assert re.fullmatch(
+        r"error: search stopped: 3 of 10 trials failed \(max_failure_rate=0.2\); "
+        r"last: RuntimeError: CUDA out of memory",
+        line,
+    )
     assert len(study_of(tmp_path).trials) == 3  # stopped once 3 > 0.2 * 10
 
 
@@ -247,9 +278,14 @@ def test_multi_objective_search_writes_its_pareto_front(tmp_path):
     def outcome(p):  # accuracy grows with x, and so does time: every trial is on the front
         return 0.0, [float(p["x"]), 10 * float(p["x"])]
 
-    sweeper = make_sweeper(tmp_path, outcome, n_trials=3, n_jobs=1,
-                           direction=["maximize", "minimize"],
-                           metric=["best_val_acc", "train_time_s"])  # fmt: skip
+    sweeper = make_sweeper(
+        tmp_path,
+        outcome,
+        n_trials=3,
+        n_jobs=1,
+        direction=["maximize", "minimize"],
+        metric=["best_val_acc", "train_time_s"],
+    )
     sweeper.sweep([])
     results = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert sorted(s.trial for s in results.solutions) == [0, 1, 2]
@@ -271,7 +307,11 @@ def test_with_seeds_each_trial_runs_once_per_seed_and_scores_their_mean(tmp_path
     sweeper.sweep([])
     jobs = sweeper.launcher.jobs
     assert [(j["sweep.trial"], j["trainer.seed"]) for j in jobs] == [
-        ("0", "5"), ("0", "6"), ("1", "5"), ("1", "6")]  # fmt: skip
+        ("0", "5"),
+        ("0", "6"),
+        ("1", "5"),
+        ("1", "6"),
+    ]
     for t in study_of(tmp_path).trials:
         assert t.value == pytest.approx(t.params["x"] + 0.1)
 
@@ -293,8 +333,9 @@ def test_the_grid_sweeper_adds_the_seeds_and_is_the_default(monkeypatch):
 def test_two_launches_of_one_study_run_exactly_n_trials_together(tmp_path):
     """Reliability 20: the finished count was read once at start, so two launches of the same
     search started together ran n_trials each. The budget is now read before every trial."""
-    sweepers = [make_sweeper(tmp_path, lambda p: (0.3, 0.5), n_trials=3, n_jobs=1)
-                for _ in range(2)]  # fmt: skip
+    sweepers = [
+        make_sweeper(tmp_path, lambda p: (0.3, 0.5), n_trials=3, n_jobs=1) for _ in range(2)
+    ]
     threads = [threading.Thread(target=s.sweep, args=([],)) for s in sweepers]
     for thread in threads:
         thread.start()
@@ -328,8 +369,10 @@ def test_a_budget_of_zero_trials_is_refused(tmp_path):
 def test_a_pinned_study_relaunched_with_another_space_is_refused_by_name(tmp_path):
     make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=2, n_jobs=1).sweep([])
     before = [(t.number, t.state) for t in study_of(tmp_path).trials]
-    changes = [({"x": "choice(0, 1)"}, "x: Float(low=0.0, high=1.0) -> Categorical"),
-               ({"x": "interval(0, 1)", "y": "interval(0, 1)"}, "y: none ->")]  # fmt: skip
+    changes = [
+        ({"x": "choice(0, 1)"}, "x: Float(low=0.0, high=1.0) -> Categorical"),
+        ({"x": "interval(0, 1)", "y": "interval(0, 1)"}, "y: none ->"),
+    ]
     for params, said in changes:
         again = make_sweeper(tmp_path, lambda p: (0.0, 0.5), n_trials=4, n_jobs=1, params=params)
         with pytest.raises(SearchError, match=r"study s was searched over another space") as e:

@@ -26,10 +26,17 @@ def the_study(root):
 
 
 def test_a_pruned_search_on_mnist_records_pruning_in_mlflow_and_the_study(tmp_path, data_dir):
-    args = ["hparams_search=optuna", "experiment=mnist_quick", "hydra.sweeper.n_trials=6",
-            "hydra.sweeper.sampler.n_startup_trials=3", "hydra.sweeper.pruner.n_startup_trials=2",
-            "dataset.train_subset=1000", "trainer.epochs=3", "trainer.num_threads=1",
-            f"dataset.root={data_dir}"]  # fmt: skip
+    args = [
+        "hparams_search=optuna",
+        "experiment=mnist_quick",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler.n_startup_trials=3",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "dataset.train_subset=1000",
+        "trainer.epochs=3",
+        "trainer.num_threads=1",
+        f"dataset.root={data_dir}",
+    ]
     rc, out = sweep(args, tmp_path, timeout=900)
     assert rc == 0, out[-3000:]
     study = the_study(tmp_path / "mlruns")
@@ -64,16 +71,29 @@ def test_a_pruned_search_on_mnist_records_pruning_in_mlflow_and_the_study(tmp_pa
     assert parent.data.params["best.optimizer"] == study.best_params["optimizer"]
     assert parent.data.metrics["jobs_pruned"] == len(pruned)
     optuna_files = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
-    assert optuna_files == {f"optuna/{f}" for f in ("optimization_results.yaml",
-        "optuna_param_importances.png", "optuna_optimization_history.png")}  # fmt: skip
+    assert optuna_files == {
+        f"optuna/{f}"
+        for f in (
+            "optimization_results.yaml",
+            "optuna_param_importances.png",
+            "optuna_optimization_history.png",
+        )
+    }
     result = OmegaConf.load(next((tmp_path / "outputs").rglob("optimization_results.yaml")))
     assert result.best_value == pytest.approx(study.best_value)
     assert float(rows[0]["best_val_acc"]) == pytest.approx(study.best_value)  # best first
 
 
 def test_a_killed_search_relaunched_ends_with_exactly_n_trials(tmp_path):
-    args = ["-m", "hparams_search=optuna", *SLOW, "trainer.epochs=3", "dataset.num_train=400",
-            "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"]  # fmt: skip
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        *SLOW,
+        "trainer.epochs=3",
+        "dataset.num_train=400",
+        "hydra.sweeper.n_trials=4",
+        "hydra/sweeper/pruner=none",
+    ]
     first = start(args, tmp_path)
     wait_for_line(first, "trial 1 started")
     wait_for_line(first, "epoch 1/3")  # trial 1 has a last.pt: its run can be resumed
@@ -82,8 +102,13 @@ def test_a_killed_search_relaunched_ends_with_exactly_n_trials(tmp_path):
     study = the_study(tmp_path / "mlruns")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
 
-    again = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=900)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = again.stdout + again.stderr
     assert again.returncode == 0, log[-3000:]
     assert "trial 1 was left RUNNING by a dead launch" in log
@@ -106,11 +131,21 @@ def test_a_killed_search_relaunched_ends_with_exactly_n_trials(tmp_path):
 def test_parallel_trials_reuse_a_freed_slot_and_outlive_failed_ones(tmp_path):
     # RandomSampler seeded by trainer.seed=31 draws: trial 0 lr 0.01 for 8 epochs (long), then
     # lr 1e10 for 1 epoch (its loss becomes NaN at once: the job fails), ...
-    args = [*SLOW, "dataset.num_train=600", "hparams_search=optuna", "hydra/launcher=joblib",
-            "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=5", "hydra/sweeper/sampler=random",
-            "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.9",
-            "trainer.seed=31", "optimizer=sgd", "optimizer.lr=choice(0.01,1e10)",
-            "trainer.epochs=choice(1,8)"]  # fmt: skip
+    args = [
+        *SLOW,
+        "dataset.num_train=600",
+        "hparams_search=optuna",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=5",
+        "hydra/sweeper/sampler=random",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.max_failure_rate=0.9",
+        "trainer.seed=31",
+        "optimizer=sgd",
+        "optimizer.lr=choice(0.01,1e10)",
+        "trainer.epochs=choice(1,8)",
+    ]
     rc, out = sweep(args, tmp_path, timeout=900)
     assert rc == 1, out[-3000:]  # failed jobs: exit 1 and the summary, as a grid sweep
     assert "sweep summary: " in out and "Traceback" not in out
@@ -129,9 +164,15 @@ def test_parallel_trials_reuse_a_freed_slot_and_outlive_failed_ones(tmp_path):
 
 
 def test_a_multi_objective_search_reports_its_pareto_front(tmp_path):
-    args = [*SLOW, "trainer.epochs=1", "dataset.num_train=300", "hparams_search=optuna",
-            "hydra.sweeper.n_trials=3", "optimized_metric=[best_val_acc,train_time_s]",
-            "hydra.sweeper.direction=[maximize,minimize]"]  # fmt: skip
+    args = [
+        *SLOW,
+        "trainer.epochs=1",
+        "dataset.num_train=300",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "optimized_metric=[best_val_acc,train_time_s]",
+        "hydra.sweeper.direction=[maximize,minimize]",
+    ]
     rc, out = sweep(args, tmp_path)
     assert rc == 0, out[-3000:]
     study = the_study(tmp_path / "mlruns")
@@ -148,9 +189,16 @@ def test_a_multi_objective_search_reports_its_pareto_front(tmp_path):
 
 
 def test_trials_in_flight_under_submitit_each_in_its_own_process(tmp_path):
-    args = [*SLOW, "trainer.epochs=2", "dataset.num_train=300", "hparams_search=optuna",
-            "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3",
-            "hydra/sweeper/pruner=none"]  # fmt: skip
+    args = [
+        *SLOW,
+        "trainer.epochs=2",
+        "dataset.num_train=300",
+        "hparams_search=optuna",
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=3",
+        "hydra/sweeper/pruner=none",
+    ]
     rc, out = sweep(args, tmp_path, timeout=900)
     assert rc == 0, out[-3000:]
     trials = the_study(tmp_path / "mlruns").trials
@@ -180,9 +228,13 @@ def test_search_mistakes_are_one_line_exit_2_and_create_nothing(given, said, tmp
         (tmp_path / "mlruns" / "optuna.db").write_bytes(b"not a database\n" * 500)
         given = []
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), "-m", "hparams_search=optuna",
-                           *SLOW, *given], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), "-m", "hparams_search=optuna", *SLOW, *given],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert said in line and "Traceback" not in proc.stderr

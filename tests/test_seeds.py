@@ -19,11 +19,17 @@ from sweeplab.track.tracking import SEEDLESS_TAG
 
 def row(optimizer: str, seed: int, val: float, test: float, status: str = "FINISHED") -> Row:
     return Row(
-        run_id=f"{optimizer}{seed}", name=f"optimizer={optimizer},trainer.seed={seed}",
-        status=status, best_val_acc=val, test_acc=test, duration_s=1.0, overrides="",
-        reproduce="", swept={"optimizer": optimizer, SEED: str(seed)},
+        run_id=f"{optimizer}{seed}",
+        name=f"optimizer={optimizer},trainer.seed={seed}",
+        status=status,
+        best_val_acc=val,
+        test_acc=test,
+        duration_s=1.0,
+        overrides="",
+        reproduce="",
+        swept={"optimizer": optimizer, SEED: str(seed)},
         seedless=f"hash-{optimizer}",
-    )  # fmt: skip
+    )
 
 
 def test_the_hash_without_seed_is_shared_by_seeds_and_only_by_them(small_cfg):
@@ -35,8 +41,13 @@ def test_the_hash_without_seed_is_shared_by_seeds_and_only_by_them(small_cfg):
 
 
 def test_groups_average_finished_runs_over_seeds_best_mean_first():
-    rows = [row("sgd", 1, 0.80, 0.78), row("sgd", 2, 0.90, 0.86), row("adam", 1, 0.95, 0.94),
-            row("adam", 2, 0.93, 0.92), row("adam", 3, 0.10, 0.10, status="FAILED")]  # fmt: skip
+    rows = [
+        row("sgd", 1, 0.80, 0.78),
+        row("sgd", 2, 0.90, 0.86),
+        row("adam", 1, 0.95, 0.94),
+        row("adam", 2, 0.93, 0.92),
+        row("adam", 3, 0.10, 0.10, status="FAILED"),
+    ]
     adam, sgd = seed_groups(rows)
     assert (adam.swept, adam.seeds) == ({"optimizer": "adam"}, 2)  # the FAILED seed is left out
     assert adam.val_mean == pytest.approx(0.94) and adam.test_mean == pytest.approx(0.93)
@@ -81,9 +92,20 @@ def test_a_two_seed_sweep_reports_mean_and_std_per_configuration(tmp_path, seeds
 
 
 def test_the_test_accuracy_plot_of_a_seed_sweep_labels_bars_quietly(tmp_path, caplog):
-    rows = [Row(run_id=str(s), name=f"trainer.seed={s}", status="FINISHED", best_val_acc=0.9,
-                test_acc=0.8 + s / 100, duration_s=1.0, overrides="", reproduce="",
-                swept={SEED: str(s)}) for s in (1, 2, 3)]  # fmt: skip
+    rows = [
+        Row(
+            run_id=str(s),
+            name=f"trainer.seed={s}",
+            status="FINISHED",
+            best_val_acc=0.9,
+            test_acc=0.8 + s / 100,
+            duration_s=1.0,
+            overrides="",
+            reproduce="",
+            swept={SEED: str(s)},
+        )
+        for s in (1, 2, 3)
+    ]
     caplog.set_level("DEBUG")
     png = plot_test_acc(rows, tmp_path / "test_acc.png")
     assert png.stat().st_size > 0
@@ -95,6 +117,8 @@ def test_seeds_and_a_swept_seed_are_refused_before_anything_is_created(tmp_path)
     proc = start(["-m", *SLOW, "trainer.seed=1,2", "sweep.seeds=3"], tmp_path)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 2, out[-2000:]
-    assert "error: sweep.seeds=3 runs every configuration with that many seeds: do not also " \
-           "sweep trainer.seed" in out  # fmt: skip
+    assert (
+        "error: sweep.seeds=3 runs every configuration with that many seeds: do not also "
+        "sweep trainer.seed" in out
+    )
     assert list(tmp_path.iterdir()) == []  # no store, no outputs/

@@ -31,10 +31,20 @@ from servers import (
 from conftest import TRAIN_SCRIPT
 
 EPOCHS = 2
-SWEEP = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking=server",
-         "dataset=synthetic", "dataset.num_train=320", "dataset.num_test=100",
-         f"trainer.epochs={EPOCHS}", "trainer.batch_size=32", "trainer.device=cpu",
-         "trainer.num_threads=1", "optimizer=sgd,adam"]  # fmt: skip
+SWEEP = [
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "tracking=server",
+    "dataset=synthetic",
+    "dataset.num_train=320",
+    "dataset.num_test=100",
+    f"trainer.epochs={EPOCHS}",
+    "trainer.batch_size=32",
+    "trainer.device=cpu",
+    "trainer.num_threads=1",
+    "optimizer=sgd,adam",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +70,12 @@ def run_sweep(cwd: Path, args: list[str], tracking_uri_env: str | None) -> None:
         env["MLFLOW_TRACKING_URI"] = tracking_uri_env
     proc = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), *SWEEP, f"hydra.sweep.dir={cwd / 'multirun'}", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 
@@ -98,9 +112,12 @@ def test_parallel_sweep_logs_into_server_on_postgres(uri_from, mlflow_server, po
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
 
-        best = download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/best.pt",
-                                  dst_path=str(tmp_path / run.info.run_id),
-                                  tracking_uri=mlflow_server.url)  # fmt: skip
+        best = download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path="checkpoints/best.pt",
+            dst_path=str(tmp_path / run.info.run_id),
+            tracking_uri=mlflow_server.url,
+        )
         checkpoint = torch.load(best, weights_only=True)
         assert checkpoint["val_acc"] == pytest.approx(run.data.metrics["best_val_acc"])
         assert checkpoint["model"]  # a non-empty state_dict
@@ -148,12 +165,23 @@ def test_an_optuna_search_keeps_its_study_in_postgres(mlflow_server, postgres, t
     experiment = f"server-optuna-{uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["SWEEPLAB_STUDY_STORAGE"] = storage
-    args = [*SWEEP[:-1], "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.n_jobs=2", f"tracking.uri={mlflow_server.url}",
-            f"tracking.experiment={experiment}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}"]  # fmt: skip
-    proc = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    args = [
+        *SWEEP[:-1],
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=2",
+        f"tracking.uri={mlflow_server.url}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     (summary,) = optuna.get_all_study_summaries(storage)
@@ -199,15 +227,19 @@ def test_a_server_that_refuses_requests_fails_before_any_job(tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, str(TRAIN_SCRIPT), *SWEEP, f"tracking.uri={uri}"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.shutdown()
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refused the request" in proc.stderr and "MLFLOW_TRACKING_USERNAME" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs" / "multiruns").exists() or not any(
-        (tmp_path / "outputs" / "multiruns").rglob("*.pt"))  # fmt: skip  # no job trained
+        (tmp_path / "outputs" / "multiruns").rglob("*.pt")
+    )  # no job trained
 
 
 @pytest.mark.parametrize(("required", "outcome"), [(None, "skip"), ("1", "fail")])

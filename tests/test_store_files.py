@@ -28,8 +28,15 @@ from sweeplab.track import sqlite_db, store
 from sweeplab.track.tracking import TrackingError
 
 HELPERS = REPO / "tests" / "helpers"
-TINY = ["dataset=synthetic", "dataset.num_train=96", "dataset.num_test=32", "trainer.epochs=1",
-        "trainer.batch_size=32", "trainer.device=cpu", "tracking.log_model=false"]  # fmt: skip
+TINY = [
+    "dataset=synthetic",
+    "dataset.num_train=96",
+    "dataset.num_test=32",
+    "trainer.epochs=1",
+    "trainer.batch_size=32",
+    "trainer.device=cpu",
+    "tracking.log_model=false",
+]
 
 
 class Statements:
@@ -98,16 +105,30 @@ def test_16_temporaries_of_a_killed_creation_are_removed_at_the_next_start(tmp_p
 @pytest.mark.parametrize("at", [300, 1200])
 def test_16_ctrl_c_during_the_first_launch_then_a_launch_that_succeeds(at, tmp_path):
     """A real process and a real SIGINT at the `at`-th statement of the store's creation."""
-    env = {**os.environ, "PYTHONPATH": str(HELPERS / "interrupt_sql"),
-           "SWEEPLAB_TEST_SIGINT_AT_STATEMENT": str(at),
-           "SWEEPLAB_TEST_SQL_FILE": "mlflow.db"}  # fmt: skip
-    first = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *TINY], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(HELPERS / "interrupt_sql"),
+        "SWEEPLAB_TEST_SIGINT_AT_STATEMENT": str(at),
+        "SWEEPLAB_TEST_SQL_FILE": "mlflow.db",
+    }
+    first = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *TINY],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 130, first.stderr[-3000:]
     mlruns = tmp_path / "mlruns"
     assert not (mlruns / "mlflow.db").exists()
-    second = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *TINY], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *TINY],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Traceback" not in second.stderr and "Callback" not in second.stderr
     client = store_client(mlruns)
@@ -127,8 +148,12 @@ OTHER_CLIENT = (
 def other_client(db: Path, experiment: str, **env) -> subprocess.Popen:
     """Another process (as an `mlflow ui` or a notebook would) opening the store at `db`."""
     env = {**os.environ, "PYTHONPATH": str(HELPERS / "interrupt_sql"), **env}
-    return subprocess.Popen([sys.executable, "-c", OTHER_CLIENT, f"sqlite:///{db}", experiment],
-                            env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", OTHER_CLIENT, f"sqlite:///{db}", experiment],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_16_a_second_client_opening_the_store_while_sweeplab_creates_it(tmp_path):
@@ -153,9 +178,13 @@ def test_16_a_store_another_client_is_creating_in_place_is_waited_for(tmp_path):
     """MLflow's own creation (another process) is in progress when sweeplab looks: it waits
     until the file is still, finds it complete and neither rebuilds nor refuses it."""
     db, mark = tmp_path / "mlflow.db", tmp_path / "halfway"
-    other = other_client(db, "theirs", SWEEPLAB_TEST_MARK_AT_STATEMENT="300",
-                         SWEEPLAB_TEST_MARK=str(mark),
-                         SWEEPLAB_TEST_SQL_FILE="mlflow.db")  # fmt: skip
+    other = other_client(
+        db,
+        "theirs",
+        SWEEPLAB_TEST_MARK_AT_STATEMENT="300",
+        SWEEPLAB_TEST_MARK=str(mark),
+        SWEEPLAB_TEST_SQL_FILE="mlflow.db",
+    )
     deadline = time.monotonic() + 120
     while not mark.exists() and other.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -251,8 +280,10 @@ def older_store(db: Path, revision: str) -> None:
     config.set_main_option("sqlalchemy.url", url)
     command.upgrade(config, revision)
     with sqlite3.connect(db) as c:
-        c.execute("insert into experiments (name, artifact_location, lifecycle_stage) "
-                  "values ('from-an-older-mlflow', 'file:///nowhere', 'active')")  # fmt: skip
+        c.execute(
+            "insert into experiments (name, artifact_location, lifecycle_stage) "
+            "values ('from-an-older-mlflow', 'file:///nowhere', 'active')"
+        )
 
 
 @pytest.mark.slow

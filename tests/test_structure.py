@@ -130,9 +130,11 @@ def test_every_module_imports_first_in_a_fresh_interpreter(module):
     """As `python -c "import sweeplab.<module>"`: a circle that only a lucky import order
     hides fails here."""
     proc = subprocess.run(
-        [sys.executable, "-c", f"import sweeplab.{module}"], capture_output=True, text=True,
+        [sys.executable, "-c", f"import sweeplab.{module}"],
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

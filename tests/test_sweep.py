@@ -122,9 +122,16 @@ def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
     # alexnet's pooling cannot run on 32x32 images: that job fails inside its run; no_such_net
     # fails while the model is built, before any run exists. Both fail inside joblib workers,
     # which the launching process never sees: the summary and report come from MLflow.
-    rc, out = sweep([*QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "model=torchvision", "model.name=resnet18,alexnet,no_such_net"],
-                    tmp_path)  # fmt: skip
+    rc, out = sweep(
+        [
+            *QUICK,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "model=torchvision",
+            "model.name=resnet18,alexnet,no_such_net",
+        ],
+        tmp_path,
+    )
     assert rc != 0, out[-3000:]
     assert "sweep summary: 2 of 3 jobs failed" in out
     summary = out.split("sweep summary")[1]
@@ -142,13 +149,17 @@ def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
     assert len({run.data.tags["sweeplab.pid"] for run in trained}) == 2  # two workers
     rows = report_csv(client, parent)
     assert [(r["model.name"], r["status"]) for r in rows] == [
-        ("resnet18", "FINISHED"), ("alexnet", "FAILED"), ("no_such_net", "FAILED")]  # fmt: skip
+        ("resnet18", "FINISHED"),
+        ("alexnet", "FAILED"),
+        ("no_such_net", "FAILED"),
+    ]
     finished = next(r for r in children if r.info.status == "FINISHED")
     assert float(rows[0]["test_acc"]) == finished.data.metrics["test_acc"]
     assert rows[0]["reproduce"] == finished.data.tags["sweeplab.reproduce"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert artifacts == {f"report/{f}" for f in
-                         ("report.md", "report.csv", "test_acc.png", "val_curves.png")}  # fmt: skip
+    assert artifacts == {
+        f"report/{f}" for f in ("report.md", "report.csv", "test_acc.png", "val_curves.png")
+    }
     assert re.search(r"#\s+model\.name\s+best_val_acc\s+test_acc\s+status", out)  # the table
 
     # On demand, by experiment name (its latest sweep) or by sweep id: the same table.
@@ -156,13 +167,21 @@ def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
     for target in ("synthetic", sid):
         again = subprocess.run(
             [sys.executable, "-m", "sweeplab.report", target, "--out", str(tmp_path / "r")],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 0, again.stderr[-2000:]
         assert f"Sweep {sid}" in again.stdout and "FAILED" in again.stdout
     assert (tmp_path / "r" / "report.md").read_text().count("| alexnet |") == 1
-    missing = subprocess.run([sys.executable, "-m", "sweeplab.report", "nope"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-m", "sweeplab.report", "nope"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "neither a sweep id nor an experiment" in missing.stderr
 
 
@@ -200,7 +219,7 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for lrs in ("0.1,0.2", "0.3,0.4")
     ]
     for proc in launches:
@@ -214,5 +233,7 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
             for job in (folder / "0", folder / "1")
         }
         seen.add(frozenset(lrs))
-    assert seen == {frozenset({"optimizer.lr=0.1", "optimizer.lr=0.2"}),
-                    frozenset({"optimizer.lr=0.3", "optimizer.lr=0.4"})}  # fmt: skip
+    assert seen == {
+        frozenset({"optimizer.lr=0.1", "optimizer.lr=0.2"}),
+        frozenset({"optimizer.lr=0.3", "optimizer.lr=0.4"}),
+    }

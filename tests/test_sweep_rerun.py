@@ -29,8 +29,13 @@ def test_relaunched_sweep_skips_resumes_and_runs(tmp_path):
     assert reference.communicate(timeout=900)[0] and reference.returncode == 0
 
     def relaunch(*extra):
-        return subprocess.run([sys.executable, str(TRAIN_SCRIPT), *SWEEP, *extra], cwd=cut_dir,
-                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(TRAIN_SCRIPT), *SWEEP, *extra],
+            cwd=cut_dir,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
 
     dry = relaunch("sweep.dry_run=true")
     assert dry.returncode == 0, dry.stderr[-3000:]

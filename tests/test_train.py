@@ -14,8 +14,15 @@ from sweeplab.job import train
 from sweeplab.train import trainer as core
 from sweeplab.train.checkpoint import load_checkpoint
 
-EPOCH_METRICS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
-                 "train_images_per_s"}  # fmt: skip
+EPOCH_METRICS = {
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+}
 FINAL_METRICS = {"best_val_acc", "best_epoch", "test_loss", "test_acc"}
 
 
@@ -45,12 +52,20 @@ def unaugmented_loss(store_root, tmp_path_factory):
     """Epoch-1 train loss with augmentation=none, to compare every option against."""
     from conftest import compose_cfg
 
-    cfg = compose_cfg([
-        "dataset=synthetic", "dataset.num_train=320", "dataset.num_test=100",
-        "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu",
-        f"tracking.root={store_root}", "tracking.experiment=test-unaugmented",
-        f"output_dir={tmp_path_factory.mktemp('none')}", "augmentation=none",
-    ])  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "dataset=synthetic",
+            "dataset.num_train=320",
+            "dataset.num_test=100",
+            "trainer.epochs=1",
+            "trainer.batch_size=32",
+            "trainer.device=cpu",
+            f"tracking.root={store_root}",
+            "tracking.experiment=test-unaugmented",
+            f"output_dir={tmp_path_factory.mktemp('none')}",
+            "augmentation=none",
+        ]
+    )
     return train(cfg)["history"][0]["train_loss"]
 
 
@@ -73,10 +88,18 @@ def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
     for name in ("train_loss", "val_acc", "lr"):
         steps = [m.step for m in client.get_metric_history(run_id, name)]
         assert steps == [1, 2, 3], name
-    artifacts = {a.path for d in ("", "checkpoints", "hydra", "plots", "metrics")
-                 for a in client.list_artifacts(run_id, d or None)}  # fmt: skip
-    assert {"checkpoints/best.pt", "hydra/config.yaml", "hydra/overrides.yaml",
-            "plots/confusion_matrix.png", "metrics/test_per_class.json"} <= artifacts  # fmt: skip
+    artifacts = {
+        a.path
+        for d in ("", "checkpoints", "hydra", "plots", "metrics")
+        for a in client.list_artifacts(run_id, d or None)
+    }
+    assert {
+        "checkpoints/best.pt",
+        "hydra/config.yaml",
+        "hydra/overrides.yaml",
+        "plots/confusion_matrix.png",
+        "metrics/test_per_class.json",
+    } <= artifacts
     tags = client.get_run(run_id).data.tags
     assert tags["sweeplab.reproduce_run"] == f"sweeplab-rerun {run_id}"
     assert "git.commit" in tags and tags["git.dirty"] in ("true", "false")
@@ -85,8 +108,9 @@ def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
 
 
 def test_it_actually_learns(small_cfg):
-    cfg = small_cfg("optimizer=adam", "trainer.epochs=4", "dataset.num_train=1000",
-                    "augmentation=none")  # fmt: skip
+    cfg = small_cfg(
+        "optimizer=adam", "trainer.epochs=4", "dataset.num_train=1000", "augmentation=none"
+    )
     result = train(cfg)
     assert result["test_acc"] > 0.9
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
@@ -95,8 +119,12 @@ def test_it_actually_learns(small_cfg):
 def test_same_config_and_seed_give_identical_metrics(small_cfg):
     a = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial"))
     b = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial"))
-    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}  # noqa: E731
-                       for r in h]  # fmt: skip
+
+    def strip(history):
+        return [
+            {k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in history
+        ]
+
     assert strip(a["history"]) == strip(b["history"])
     assert a["test_acc"] == b["test_acc"]
     c = train(small_cfg("trainer.epochs=2", "augmentation=seed_tutorial", "trainer.seed=1"))
@@ -116,9 +144,14 @@ def test_best_checkpoint_is_safe_to_load_and_reproduces_test_acc(small_cfg, clie
     from sweeplab.train.augment import Normalize
     from sweeplab.train.loop import evaluate
 
-    _, acc, _ = evaluate(model, data.test.batches(64), normalize=Normalize(data.mean, data.std,
-                         torch.device("cpu")), loss_fn=torch.nn.CrossEntropyLoss(),
-                         num_classes=10, device=torch.device("cpu"))  # fmt: skip
+    _, acc, _ = evaluate(
+        model,
+        data.test.batches(64),
+        normalize=Normalize(data.mean, data.std, torch.device("cpu")),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        num_classes=10,
+        device=torch.device("cpu"),
+    )
     assert acc == result["test_acc"]
     assert load_checkpoint(path)["classes"] == data.classes
 
@@ -194,8 +227,9 @@ def test_a_run_records_its_environment_and_a_rerun_says_what_differs(
     assert run.data.tags["sweeplab.env.torch"] == importlib.metadata.version("torch")
     assert run.data.tags["sweeplab.env.python"] == sys.version.split()[0]
     assert {"sweeplab.env.mlflow", "sweeplab.env.cuda", "sweeplab.env.cpu"} <= set(run.data.tags)
-    text = Path(client.download_artifacts(run.info.run_id, "environment/requirements.txt",
-                                          str(tmp_path))).read_text()  # fmt: skip
+    text = Path(
+        client.download_artifacts(run.info.run_id, "environment/requirements.txt", str(tmp_path))
+    ).read_text()
     lines = text.splitlines()[1:]
     assert f"torch=={importlib.metadata.version('torch')}" in lines
     assert f"mlflow=={importlib.metadata.version('mlflow')}" in lines

@@ -32,14 +32,30 @@ from servers import missing_service, mlflow_server_running
 
 from conftest import TRAIN_SCRIPT
 
-SWEEP = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=synthetic",
-         "dataset.num_train=320", "dataset.num_test=100", "trainer.epochs=3",
-         "trainer.batch_size=32", "trainer.device=cpu", "trainer.num_threads=1",
-         "optimizer=sgd,adam", "tracking.experiment=ui-sweep"]  # fmt: skip
+SWEEP = [
+    "-m",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "dataset=synthetic",
+    "dataset.num_train=320",
+    "dataset.num_test=100",
+    "trainer.epochs=3",
+    "trainer.batch_size=32",
+    "trainer.device=cpu",
+    "trainer.num_threads=1",
+    "optimizer=sgd,adam",
+    "tracking.experiment=ui-sweep",
+]
 # Root may not use Chromium's sandbox; the rest keeps it from phoning home on a closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 METRICS = ["best_val_acc", "test_acc"]
 TIMEOUT_MS = 60_000
 VIEWPORT = {"width": 1600, "height": 640}
@@ -69,17 +85,25 @@ def row_of(page, run):
 
 def digest_of(run, context: str) -> str:
     """The digest of the run's train / val / test dataset input."""
-    return next(d.dataset.digest for d in run.inputs.dataset_inputs
-                if d.tags[0].value == context)  # fmt: skip
+    return next(d.dataset.digest for d in run.inputs.dataset_inputs if d.tags[0].value == context)
 
 
 def run_sweep(cwd: Path, store: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *SWEEP, f"tracking.root={store}",
-         f"hydra.sweep.dir={cwd / 'multirun'}"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(TRAIN_SCRIPT),
+            *SWEEP,
+            f"tracking.root={store}",
+            f"hydra.sweep.dir={cwd / 'multirun'}",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 

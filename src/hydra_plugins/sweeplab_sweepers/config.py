@@ -42,7 +42,7 @@ SAMPLERS = {
         "seed": None,
         "n_startup_trials": 10,
         "multivariate": False,
-    },  # fmt: skip
+    },
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
     "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None, "n_startup_trials": 1},
     "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50},
@@ -57,26 +57,27 @@ PRUNERS = {
         "n_startup_trials": 5,
         "n_warmup_steps": 2,
         "interval_steps": 1,
-    },  # fmt: skip
+    },
     "hyperband": {
         "_target_": "optuna.pruners.HyperbandPruner",
         "min_resource": 1,
         "max_resource": "auto",
         "reduction_factor": 3,
-    },  # fmt: skip
+    },
     "successive_halving": {
         "_target_": "optuna.pruners.SuccessiveHalvingPruner",
         "min_resource": "auto",
         "reduction_factor": 4,
         "min_early_stopping_rate": 0,
-    },  # fmt: skip
+    },
     "none": {"_target_": "optuna.pruners.NopPruner"},
 }
 
 cs = ConfigStore.instance()
 cs.store(group="hydra/sweeper", name="sweeplab_basic", node=SweeplabBasicConf, provider="sweeplab")
-cs.store(group="hydra/sweeper", name="sweeplab_optuna", node=SweeplabOptunaConf,
-         provider="sweeplab")  # fmt: skip
+cs.store(
+    group="hydra/sweeper", name="sweeplab_optuna", node=SweeplabOptunaConf, provider="sweeplab"
+)
 for name, node in SAMPLERS.items():
     cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider="sweeplab")
 for name, node in PRUNERS.items():

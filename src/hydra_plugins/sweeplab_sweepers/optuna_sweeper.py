@@ -44,8 +44,18 @@ def counts(trial) -> bool:
 
 
 class SweeplabOptunaSweeper(Sweeper):
-    def __init__(self, sampler, pruner, direction, storage, study_name, n_trials, n_jobs,
-                 max_failure_rate, params) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sampler,
+        pruner,
+        direction,
+        storage,
+        study_name,
+        n_trials,
+        n_jobs,
+        max_failure_rate,
+        params,
+    ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         from sweeplab.sweep.search import as_list
 
@@ -54,8 +64,9 @@ class SweeplabOptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.max_failure_rate, self.params = float(max_failure_rate), params
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:  # fmt: skip
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         from sweeplab.sweep.jobs import choose_joblib_jobs, cpu_cores
 
         self.config = config
@@ -82,10 +93,12 @@ class SweeplabOptunaSweeper(Sweeper):
         self.url = storage_url(self.storage, self.config.tracking)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our log says what happens
         study = optuna.create_study(
-            study_name=study_name(self.config, self.study_name), storage=open_storage(self.url),
-            load_if_exists=True, directions=self.directions,
+            study_name=study_name(self.config, self.study_name),
+            storage=open_storage(self.url),
+            load_if_exists=True,
+            directions=self.directions,
             pruner=instantiate_pruner(self.pruner_cfg),
-        )  # fmt: skip
+        )
         with warnings.catch_warnings():  # experimental in Optuna; names axes in the dashboard
             warnings.simplefilter("ignore")
             study.set_metric_names(self.objectives())
@@ -107,8 +120,10 @@ class SweeplabOptunaSweeper(Sweeper):
             study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
             study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={REQUEUED: t.number})
-            log.warning("trial %d was left RUNNING by a dead launch: FAIL, parameters "
-                        "queued again", t.number)  # fmt: skip
+            log.warning(
+                "trial %d was left RUNNING by a dead launch: FAIL, parameters queued again",
+                t.number,
+            )
             n += 1
         return n
 
@@ -133,9 +148,12 @@ class SweeplabOptunaSweeper(Sweeper):
         target = str(launcher.get("_target_", ""))
         if target.endswith("BasicLauncher"):
             if self.n_jobs > 1:
-                log.warning("hydra.sweeper.n_jobs=%d: the basic launcher runs one job at a time "
-                            "in this process; use hydra/launcher=joblib or submitit_local to run "
-                            "trials in parallel", self.n_jobs)  # fmt: skip
+                log.warning(
+                    "hydra.sweeper.n_jobs=%d: the basic launcher runs one job at a time "
+                    "in this process; use hydra/launcher=joblib or submitit_local to run "
+                    "trials in parallel",
+                    self.n_jobs,
+                )
             return 1
         if "joblib" in target:
             return min(self.n_jobs, concurrent_jobs(launcher, cpu_cores()))
@@ -147,17 +165,30 @@ class SweeplabOptunaSweeper(Sweeper):
         from sweeplab.sweep.search import SearchError, check_search_settings, display_url
 
         check_search_settings(  # done by sweeplab's callback already; here for any other use
-            self.config, self.directions, self.n_trials, self.n_jobs, self.max_failure_rate,
-            self.study_name, self.params, arguments, self.storage,
-        )  # fmt: skip
+            self.config,
+            self.directions,
+            self.n_trials,
+            self.n_jobs,
+            self.max_failure_rate,
+            self.study_name,
+            self.params,
+            arguments,
+            self.storage,
+        )
         space, fixed = search_space(self.params, arguments)
         study = self.open_study()
         requeued = self.requeue_interrupted(study)
         study.sampler = self.sampler_for(study)
         slots = self.slots()
-        log.info("study %s (%s): %d of %d trials done or running%s, %d in flight at a time",
-                 study.study_name, display_url(self.url), self.counted(study), self.n_trials,
-                 f", {requeued} queued again" if requeued else "", slots)  # fmt: skip
+        log.info(
+            "study %s (%s): %d of %d trials done or running%s, %d in flight at a time",
+            study.study_name,
+            display_url(self.url),
+            self.counted(study),
+            self.n_trials,
+            f", {requeued} queued again" if requeued else "",
+            slots,
+        )
         in_flight = {}
         pool = ThreadPoolExecutor(slots, thread_name_prefix="trial") if slots > 1 else None
         try:
@@ -209,8 +240,11 @@ class SweeplabOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-        return sum(1 for t in study.get_trials(deepcopy=False, states=states)
-                   if counts(t) and (before is None or t.number < before))  # fmt: skip
+        return sum(
+            1
+            for t in study.get_trials(deepcopy=False, states=states)
+            if counts(t) and (before is None or t.number < before)
+        )
 
     @staticmethod
     def failed(study) -> list:
@@ -277,8 +311,9 @@ class SweeplabOptunaSweeper(Sweeper):
             else (tracking.NullRun())
         )
         try:
-            results = log_results(study, run, self.url, self.config.hydra.sweep.dir,
-                                  self.objectives())  # fmt: skip
+            results = log_results(
+                study, run, self.url, self.config.hydra.sweep.dir, self.objectives()
+            )
         except Exception as e:  # the trials are in the study and MLflow whatever happens here
             log.error("search results not logged: %s: %s", type(e).__name__, e)
             return
@@ -286,7 +321,12 @@ class SweeplabOptunaSweeper(Sweeper):
             run.flush(), run.close()
         if "best_value" in results:
             metric = self.config.optimized_metric
-            log.info("best trial %d: %s = %s, %s", results["best_trial"], metric,
-                     results["best_value"], results["best_params"])  # fmt: skip
+            log.info(
+                "best trial %d: %s = %s, %s",
+                results["best_trial"],
+                metric,
+                results["best_value"],
+                results["best_params"],
+            )
         elif "solutions" in results:
             log.info("Pareto front: trials %s", [s["trial"] for s in results["solutions"]])

@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sweeplab-predict", description="Classify images with a model logged by sweeplab."
     )
-    parser.add_argument("model", help="models:/NAME@best, models:/NAME/VERSION, "
-                        "models:/<model id>, or a run id")  # fmt: skip
+    parser.add_argument(
+        "model", help="models:/NAME@best, models:/NAME/VERSION, models:/<model id>, or a run id"
+    )
     parser.add_argument("paths", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -73,8 +73,11 @@ def rerun(
         config, source = fetch_config(run_id, uri, Path(tmp))
         source_name = source.info.run_name
         if changed := environment.differences(source.data.tags):
-            log.warning("re-running %s in another environment than it ran in: %s", run_id,
-                        "; ".join(changed))  # fmt: skip
+            log.warning(
+                "re-running %s in another environment than it ran in: %s",
+                run_id,
+                "; ".join(changed),
+            )
         fixed = [f"output_dir={quoted(str(out))}", f"tracking.source_run_id={run_id}"]
         with initialize_config_dir(str(config.parent), version_base="1.3"):
             try:

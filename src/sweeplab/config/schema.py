@@ -333,8 +333,10 @@ def command_line_problem(argv: list[str], conf: Path) -> str | None:
     given = {a.split("=", 1)[0] for a in argv}
     modes = [long for long, short in MODES.items() if long in given or short in given]
     if len(modes) > 1:
-        return (f"{' and '.join(modes)} cannot be combined: give one of them (to see a sweep "
-                "job's config, drop -m: python src/train.py --cfg job <overrides>)")  # fmt: skip
+        return (
+            f"{' and '.join(modes)} cannot be combined: give one of them (to see a sweep "
+            "job's config, drop -m: python src/train.py --cfg job <overrides>)"
+        )
     lines = [a for a in argv if "=" in a and not a.startswith("-")]
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
@@ -348,13 +350,18 @@ def command_line_problem(argv: list[str], conf: Path) -> str | None:
         folders = [root / group for root in roots if (root / group).is_dir()]
         if group.startswith("hydra") or "." in group or not folders:
             continue  # a knob, or a group of Hydra's plugins
-        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
-                  else [override.get_value_element_as_str()])  # fmt: skip
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
         options = sorted({f.stem for folder in folders for f in folder.glob("*.yaml")})
         for value in values:
             if value not in options and value != "null":
-                return (f"Could not find '{group}/{value}': the options of {group} are "
-                        f"{', '.join(options)}")  # fmt: skip
+                return (
+                    f"Could not find '{group}/{value}': the options of {group} are "
+                    f"{', '.join(options)}"
+                )
     return None
 
 

@@ -65,14 +65,19 @@ def plan_for(cfg: DictConfig, config_hash: str) -> Plan:
     plan.experiment_id = experiment_id
     if cfg.sweep.dry_run:
         log.info("dry run: this job would %s", plan.describe())
-        plan.result = {"planned": plan.action, "run_id": plan.run_id, "history": [],
-                       cfg.optimized_metric: float("nan")}  # fmt: skip
+        plan.result = {
+            "planned": plan.action,
+            "run_id": plan.run_id,
+            "history": [],
+            cfg.optimized_metric: float("nan"),
+        }
     elif plan.action == "skip":
         tracking.Run(tracking.client(t.uri), plan.run_id).set_tags(sweep_tags(run_is_new=False))
         log.info(
             "skipped: run %s already FINISHED this config (sweep.rerun_finished=true to "
-            "train it again)", plan.run_id,
-        )  # fmt: skip
+            "train it again)",
+            plan.run_id,
+        )
         plan.result = {**plan.metrics, "run_id": plan.run_id, "history": [], "skipped": True}
     elif plan.action == "resume":
         log.info("resuming interrupted run %s of this config", plan.run_id)
@@ -131,8 +136,14 @@ def concurrent_jobs(launcher: dict, cores: int, sweeper: dict | None = None) -> 
     return 1  # basic launcher (one job at a time) or a cluster job with its own allocation
 
 
-def placement(launcher: dict, job_num: int, cores: int, n_gpus: int, env=os.environ,
-              sweeper: dict | None = None) -> Placement:  # fmt: skip
+def placement(
+    launcher: dict,
+    job_num: int,
+    cores: int,
+    n_gpus: int,
+    env=os.environ,
+    sweeper: dict | None = None,
+) -> Placement:
     """Split this machine between the jobs that share it: cores // k threads each (so k jobs
     do not fight over cores), and job i on GPU i mod n_gpus (k jobs per GPU allowed)."""
     if env.get("SLURM_CPUS_PER_TASK"):  # a SLURM allocation: use what it granted, no more
@@ -169,8 +180,9 @@ def choose_joblib_jobs(config: DictConfig, cores: int) -> int | None:
     log.warning(
         "hydra/launcher=joblib on %d cores: one job at a time (each already trains on every "
         "core, and parallel 1-thread jobs measured no faster here); hydra.launcher.n_jobs=2 "
-        "trainer.num_threads=1 runs two at a time", cores,
-    )  # fmt: skip
+        "trainer.num_threads=1 runs two at a time",
+        cores,
+    )
     return 1
 
 
@@ -188,8 +200,7 @@ def job_placement() -> Placement:
     hc = HydraConfig.get()
     cores = cpu_cores()
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return placement(dict(hc.launcher), int(hc.job.num), cores, n_gpus,
-                     sweeper=dict(hc.sweeper))  # fmt: skip
+    return placement(dict(hc.launcher), int(hc.job.num), cores, n_gpus, sweeper=dict(hc.sweeper))
 
 
 # --- the parent run of a sweep ------------------------------------------------------------
@@ -252,8 +263,12 @@ class PrepareStoreCallback(Callback):
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         if config.sweep.seeds > 1:  # the sweeper adds trainer.seed=s,s+1,...: one more swept key
             if SEED in keys:
-                _stop(ConfigError(f"sweep.seeds={config.sweep.seeds} runs every configuration "
-                                  f"with that many seeds: do not also sweep {SEED}"))  # fmt: skip
+                _stop(
+                    ConfigError(
+                        f"sweep.seeds={config.sweep.seeds} runs every configuration "
+                        f"with that many seeds: do not also sweep {SEED}"
+                    )
+                )
             keys.append(SEED)
         experiment_id = self._prepare(config, config.hydra.sweep.dir, multirun=True)
         # Jobs name their runs after the swept keys only; workers inherit the environment.

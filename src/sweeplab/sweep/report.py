@@ -140,8 +140,10 @@ def aligned(head: list[str], body: list[list[str]], pad_last: bool = True) -> st
     widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
     if not pad_last:
         widths[-1] = 0
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-             for line in (head, *body)]  # fmt: skip
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in (head, *body)
+    ]
     return "\n".join(lines)
 
 
@@ -171,11 +173,33 @@ def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
 def csv_text(rows: list[Row], swept: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["rank", *swept, "best_val_acc", "test_acc", "status", "duration_s",
-                     "run_id", "run_name", "reproduce"])  # fmt: skip
+    writer.writerow(
+        [
+            "rank",
+            *swept,
+            "best_val_acc",
+            "test_acc",
+            "status",
+            "duration_s",
+            "run_id",
+            "run_name",
+            "reproduce",
+        ]
+    )
     for i, r in enumerate(rows, 1):
-        writer.writerow([i, *(r.swept[k] for k in swept), r.best_val_acc, r.test_acc, r.state,
-                         round(r.duration_s, 2), r.run_id, r.name, r.reproduce])  # fmt: skip
+        writer.writerow(
+            [
+                i,
+                *(r.swept[k] for k in swept),
+                r.best_val_acc,
+                r.test_acc,
+                r.state,
+                round(r.duration_s, 2),
+                r.run_id,
+                r.name,
+                r.reproduce,
+            ]
+        )
     return out.getvalue()
 
 
@@ -253,8 +277,11 @@ def pareto_table(rows: list[Row], tags: dict) -> tuple[list[str], list[list[str]
     trials = front.split(",")
     objectives = [k for k in tags.get("sweeplab.objectives", "").split(",") if k]
     head = ["trial", "configuration", *objectives]
-    body = [[r.trial, label(r), *(f"{r.metrics.get(k, math.nan):.4g}" for k in objectives)]
-            for r in rows if r.trial in trials]  # fmt: skip
+    body = [
+        [r.trial, label(r), *(f"{r.metrics.get(k, math.nan):.4g}" for k in objectives)]
+        for r in rows
+        if r.trial in trials
+    ]
     return head, body
 
 
@@ -272,10 +299,14 @@ def report_sweep(client, parent, out: Path | None = None) -> list[Row]:
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), "report")
     # the best candidate: trained to the end and scored (not pruned, failed or interrupted)
-    best = next((r for r in rows if r.status == "FINISHED" and not math.isnan(r.best_val_acc)),
-                None)  # fmt: skip
-    summary = {"jobs": len(rows), "jobs_failed": sum(not r.ok for r in rows),
-               "jobs_pruned": sum(bool(r.pruned_epoch) for r in rows)}  # fmt: skip
+    best = next(
+        (r for r in rows if r.status == "FINISHED" and not math.isnan(r.best_val_acc)), None
+    )
+    summary = {
+        "jobs": len(rows),
+        "jobs_failed": sum(not r.ok for r in rows),
+        "jobs_pruned": sum(bool(r.pruned_epoch) for r in rows),
+    }
     if best is not None:
         summary["best_val_acc"] = best.best_val_acc
         client.set_tag(parent.info.run_id, "sweeplab.best_run_id", best.run_id)
@@ -339,9 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or ./mlruns")
     parser.add_argument("--out", type=Path, help="also write the report files to this folder")
     parser.add_argument(
-        "--register", metavar="NAME", help="register the best run's model as a new version of "
+        "--register",
+        metavar="NAME",
+        help="register the best run's model as a new version of "
         "NAME in the Model Registry and point its alias @best at it",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     uri = args.tracking_uri or tracking.default_uri()
     client = tracking.client(uri)

@@ -150,13 +150,29 @@ def check_search(config: DictConfig) -> None:
     """check_search_settings for the sweep `config` describes (sweeplab's callback)."""
     s = config.hydra.sweeper
     check_search_settings(
-        config, as_list(s.direction), s.n_trials, s.n_jobs, s.max_failure_rate,
-        s.get("study_name"), s.get("params"), list(config.hydra.overrides.task), s.get("storage"),
-    )  # fmt: skip
+        config,
+        as_list(s.direction),
+        s.n_trials,
+        s.n_jobs,
+        s.max_failure_rate,
+        s.get("study_name"),
+        s.get("params"),
+        list(config.hydra.overrides.task),
+        s.get("storage"),
+    )
 
 
-def check_search_settings(config: DictConfig, directions: list[str], n_trials, n_jobs, rate,
-                          pinned, params, arguments: list[str], storage) -> None:  # fmt: skip
+def check_search_settings(
+    config: DictConfig,
+    directions: list[str],
+    n_trials,
+    n_jobs,
+    rate,
+    pinned,
+    params,
+    arguments: list[str],
+    storage,
+) -> None:
     """Everything about an Optuna search that can be wrong before it starts, as one
     SearchError: directions, budget, the space (each distribution built), the study storage
     and, for a study that exists, that it was made with the same directions and space. The
@@ -209,8 +225,11 @@ def check_study(storage, name: str, directions: list[str], space: dict, pinned: 
         for key, old in trial.distributions.items():
             if key not in space or space[key] != old:
                 changed.add(f"{key}: {_shown(old)} -> {_shown(space.get(key))}")
-        changed.update(f"{k}: none -> {_shown(d)}" for k, d in space.items()
-                       if trial.distributions and k not in trial.distributions)  # fmt: skip
+        changed.update(
+            f"{k}: none -> {_shown(d)}"
+            for k, d in space.items()
+            if trial.distributions and k not in trial.distributions
+        )
     if changed:
         raise SearchError(
             f"study {name} was searched over another space ({'; '.join(sorted(changed)[:4])}): "
@@ -305,8 +324,13 @@ class TrialReporter(Hook):
             return False
         epoch = self.pruned_epoch = int(row["epoch"])
         self.trial.set_user_attr(PRUNED_TAG, epoch)  # the sweeper tells PRUNED on seeing it
-        log.info("pruned by %s at epoch %d (%s %.4f)", type(self.trial.study.pruner).__name__,
-                 epoch, self.metric, best_val_acc)  # fmt: skip
+        log.info(
+            "pruned by %s at epoch %d (%s %.4f)",
+            type(self.trial.study.pruner).__name__,
+            epoch,
+            self.metric,
+            best_val_acc,
+        )
         return True
 
     def _report(self, row: dict[str, float], best_val_acc: float) -> bool:
@@ -330,10 +354,16 @@ def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: lis
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    results: dict[str, Any] = {"name": "optuna", "study": study.study_name,
-                               "storage": display_url(storage)}  # fmt: skip
-    tags = {"optuna.study": study.study_name, "optuna.storage": display_url(storage),
-            "sweeplab.objectives": ",".join(objectives)}  # fmt: skip
+    results: dict[str, Any] = {
+        "name": "optuna",
+        "study": study.study_name,
+        "storage": display_url(storage),
+    }
+    tags = {
+        "optuna.study": study.study_name,
+        "optuna.storage": display_url(storage),
+        "sweeplab.objectives": ",".join(objectives),
+    }
     if done and len(study.directions) == 1:
         best = study.best_trial
         results.update(best_params=best.params, best_value=best.value, best_trial=best.number)

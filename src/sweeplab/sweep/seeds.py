@@ -54,8 +54,16 @@ def seed_groups(rows: list) -> list[SeedGroup]:
         val = [r.best_val_acc for r in members]
         test = [r.test_acc for r in members]
         swept = {k: v for k, v in members[0].swept.items() if k != SEED}
-        out.append(SeedGroup(swept, len(members), statistics.fmean(val), _std(val),
-                             statistics.fmean(test), _std(test)))  # fmt: skip
+        out.append(
+            SeedGroup(
+                swept,
+                len(members),
+                statistics.fmean(val),
+                _std(val),
+                statistics.fmean(test),
+                _std(test),
+            )
+        )
     return sorted(out, key=lambda g: -g.val_mean)
 
 
@@ -67,10 +75,15 @@ def seed_table(groups: list[SeedGroup]) -> tuple[list[str], list[list[str]]]:
     keys = list(groups[0].swept) if groups else []
     head = ["#", *keys, "seeds", "best_val_acc mean ± std", "test_acc mean ± std"]
     body = [
-        [str(i), *(short(g.swept[k]) for k in keys), str(g.seeds),
-         f"{g.val_mean:.4f} ± {g.val_std:.4f}", f"{g.test_mean:.4f} ± {g.test_std:.4f}"]
+        [
+            str(i),
+            *(short(g.swept[k]) for k in keys),
+            str(g.seeds),
+            f"{g.val_mean:.4f} ± {g.val_std:.4f}",
+            f"{g.test_mean:.4f} ± {g.test_std:.4f}",
+        ]
         for i, g in enumerate(groups, 1)
-    ]  # fmt: skip
+    ]
     return head, body
 
 
@@ -78,11 +91,29 @@ def seeds_csv(groups: list[SeedGroup]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     keys = list(groups[0].swept) if groups else []
-    writer.writerow(["rank", *keys, "seeds", "best_val_acc_mean", "best_val_acc_std",
-                     "test_acc_mean", "test_acc_std"])  # fmt: skip
+    writer.writerow(
+        [
+            "rank",
+            *keys,
+            "seeds",
+            "best_val_acc_mean",
+            "best_val_acc_std",
+            "test_acc_mean",
+            "test_acc_std",
+        ]
+    )
     for i, g in enumerate(groups, 1):
-        writer.writerow([i, *(g.swept[k] for k in keys), g.seeds, g.val_mean, g.val_std,
-                         g.test_mean, g.test_std])  # fmt: skip
+        writer.writerow(
+            [
+                i,
+                *(g.swept[k] for k in keys),
+                g.seeds,
+                g.val_mean,
+                g.val_std,
+                g.test_mean,
+                g.test_std,
+            ]
+        )
     return out.getvalue()
 
 

@@ -52,8 +52,11 @@ def source(dataset: DictConfig, split: str) -> tuple[str, str]:
     kind = str(dataset._target_).rsplit(".", 1)[-1]
     if kind == "torchvision_dataset" and dataset.name in TORCHVISION_SETS:
         cls = TORCHVISION_SETS[dataset.name][0]
-        where = {"uri": f"torchvision.datasets.{cls}", "train": split != "test",
-                 "root": relativize_paths(str(dataset.root), launch_dir())}  # fmt: skip
+        where = {
+            "uri": f"torchvision.datasets.{cls}",
+            "train": split != "test",
+            "root": relativize_paths(str(dataset.root), launch_dir()),
+        }
         return "torchvision", json.dumps(where)
     if kind == "imagefolder_dataset":
         folder = Path(str(dataset.root))
@@ -70,10 +73,12 @@ def split_datasets(dataset: DictConfig, data: Data) -> dict[str, object]:
     from mlflow.types import Schema, TensorSpec
 
     shape = [int(dataset.in_channels), int(dataset.image_size), int(dataset.image_size)]
-    schema = {"mlflow_tensorspec": {
-        "features": Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "image")]).to_json(),
-        "targets": Schema([TensorSpec(np.dtype(np.int64), (-1,), "label")]).to_json(),
-    }}  # fmt: skip
+    schema = {
+        "mlflow_tensorspec": {
+            "features": Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "image")]).to_json(),
+            "targets": Schema([TensorSpec(np.dtype(np.int64), (-1,), "label")]).to_json(),
+        }
+    }
     root = str(dataset.root) if "root" in dataset else None
     out = {}
     for split in SPLITS:
@@ -81,9 +86,13 @@ def split_datasets(dataset: DictConfig, data: Data) -> dict[str, object]:
         source_type, where = source(dataset, split)
         profile = {"num_images": len(part), "num_classes": len(data.classes), "shape": shape}
         out[split] = Dataset(
-            name=str(dataset.name), digest=digest(part, root), source_type=source_type,
-            source=where, schema=json.dumps(schema), profile=json.dumps(profile),
-        )  # fmt: skip
+            name=str(dataset.name),
+            digest=digest(part, root),
+            source_type=source_type,
+            source=where,
+            schema=json.dumps(schema),
+            profile=json.dumps(profile),
+        )
     return out
 
 

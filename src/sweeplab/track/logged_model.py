@@ -115,20 +115,28 @@ def log_best_model(
     client = run.client
     # created here, not by log_model: it would take the process's active experiment
     model = client.create_logged_model(
-        run.experiment_id, name=name, source_run_id=run.run_id, params=params,
+        run.experiment_id,
+        name=name,
+        source_run_id=run.run_id,
+        params=params,
         model_type="image-classifier",
-    )  # fmt: skip
+    )
     c, size = example.shape[1], example.shape[-1]
     num_classes = int(metadata["num_classes"])
     try:
         built_from = json.dumps(metadata.get("model"), sort_keys=True, default=str)
         with tracking.fluent_uri(uri), reused_graphs(module, built_from):
             mlflow.pytorch.log_model(
-                module, name=name, model_id=model.model_id,
-                input_example=example.cpu().numpy(), signature=signature(c, size, num_classes),
-                pip_requirements=pip_requirements(), metadata={METADATA_KEY: metadata},
-                serialization_format="pt2", validate_serving_input=False,
-            )  # fmt: skip
+                module,
+                name=name,
+                model_id=model.model_id,
+                input_example=example.cpu().numpy(),
+                signature=signature(c, size, num_classes),
+                pip_requirements=pip_requirements(),
+                metadata={METADATA_KEY: metadata},
+                serialization_format="pt2",
+                validate_serving_input=False,
+            )
         client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step)])
     except Exception as e:
         client.finalize_logged_model(model.model_id, "FAILED")
@@ -144,17 +152,28 @@ def log_run_model(cfg, model: nn.Module, data, best_epoch: int, best_acc: float,
     d = cfg.dataset
     module = serving_module(model, data.mean, data.std, cfg.trainer.channels_last)
     metadata = {
-        "dataset": str(d.name), "classes": list(data.classes), "num_classes": len(data.classes),
-        "in_channels": int(d.in_channels), "image_size": int(d.image_size),
+        "dataset": str(d.name),
+        "classes": list(data.classes),
+        "num_classes": len(data.classes),
+        "in_channels": int(d.in_channels),
+        "image_size": int(d.image_size),
         "input": "uint8 images, N x C x H x W, pixel values 0-255 (not normalised)",
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "best_epoch": best_epoch, "best_val_acc": best_acc, "run_id": run.run_id,
-    }  # fmt: skip
+        "best_epoch": best_epoch,
+        "best_val_acc": best_acc,
+        "run_id": run.run_id,
+    }
     name = str(cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1])  # the UI's label
     return log_best_model(
-        cfg.tracking.uri, run, name, module, input_example(data.val), metadata,
-        flatten_config(cfg, launch_dir()), step=best_epoch,
-    )  # fmt: skip
+        cfg.tracking.uri,
+        run,
+        name,
+        module,
+        input_example(data.val),
+        metadata,
+        flatten_config(cfg, launch_dir()),
+        step=best_epoch,
+    )
 
 
 def input_example(split) -> torch.Tensor:
@@ -217,13 +236,18 @@ def _with_weights(program, state: dict, args) -> torch.export.ExportedProgram:
     weights = {
         k: nn.Parameter(state[k], requires_grad=False) if isinstance(v, nn.Parameter) else state[k]
         for k, v in program.state_dict.items()
-    }  # fmt: skip
+    }
     return torch.export.ExportedProgram(
-        root=program.graph_module, graph=program.graph, graph_signature=program.graph_signature,
-        state_dict=weights, range_constraints=program.range_constraints,
-        module_call_graph=program.module_call_graph, example_inputs=(tuple(args), {}),
-        constants=program.constants, verifiers=program.verifiers,
-    )  # fmt: skip
+        root=program.graph_module,
+        graph=program.graph,
+        graph_signature=program.graph_signature,
+        state_dict=weights,
+        range_constraints=program.range_constraints,
+        module_call_graph=program.module_call_graph,
+        example_inputs=(tuple(args), {}),
+        constants=program.constants,
+        verifiers=program.verifiers,
+    )
 
 
 # --- finding and loading a logged model ------------------------------------------------------

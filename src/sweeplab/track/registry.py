@@ -44,11 +44,12 @@ def register_best(uri: str, parent, name: str):
             version = mlflow.register_model(source, name, tags=version_tags)
         client.set_registered_model_alias(name, BEST_ALIAS, version.version)
         client.update_model_version(
-            name, version.version,
+            name,
+            version.version,
             description=f"best of sweep {sid} ({best.info.run_name}): "
             f"best_val_acc={metrics.get('best_val_acc', float('nan')):.4f}, "
             f"test_acc={metrics.get('test_acc', float('nan')):.4f}",
-        )  # fmt: skip
+        )
     except MlflowException as e:
         raise RegistryError(f"registering {source} as {name!r}: {e.message}") from None
     return version

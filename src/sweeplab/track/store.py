@@ -146,8 +146,11 @@ def schema_problem(db: Path) -> tuple[str, str | None]:
     read without writing to it."""
     found = sqlite_db.tables(db)
     head, known = mlflow_head()
-    version = sqlite_db.scalar(db, "select version_num from alembic_version") if (
-        "alembic_version" in found) else None  # fmt: skip
+    version = (
+        sqlite_db.scalar(db, "select version_num from alembic_version")
+        if ("alembic_version" in found)
+        else None
+    )
     leftovers = sorted(t for t in found if t.startswith("_alembic_tmp_"))
     if leftovers:
         return "incomplete", f"leftover tables of an interrupted migration: {', '.join(leftovers)}"
@@ -206,8 +209,11 @@ def ensure_mlflow_schema(db: Path) -> None:
                 problem = f"{problem}; its upgrade fails: {str(e).splitlines()[0][:200]}"
         if state != "newer" and not holds_data(db):
             sqlite_db.create_whole(db, mlflow_tables, replace=True)
-            log.warning("the store file %s had an incomplete schema (%s) and held no runs: "
-                        "made it anew", db, problem)  # fmt: skip
+            log.warning(
+                "the store file %s had an incomplete schema (%s) and held no runs: made it anew",
+                db,
+                problem,
+            )
             return
         break
     shown = relativize_paths(str(db), launch_dir())

@@ -101,8 +101,9 @@ class Run:
 
         now = int(time.time() * 1000)
         on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
-        items = [Metric(k, float(v), now, step, model_id=model_id, **on)
-                 for k, v in metrics.items()]  # fmt: skip
+        items = [
+            Metric(k, float(v), now, step, model_id=model_id, **on) for k, v in metrics.items()
+        ]
         for i in range(0, len(items), 1000):
             chunk = items[i : i + 1000]
             self.pending.append(self._writer.submit(self.client.log_batch, self.run_id, chunk))
@@ -239,9 +240,11 @@ def system_monitor(uri: str, run_id: str, interval: float, resumed: str | None):
     except ImportError as e:  # psutil is a dependency of sweeplab; say so if it went missing
         raise TrackingError(f"tracking.system_metrics=true needs psutil: {e}") from None
     monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=interval, resume_logging=resumed is not None,
+        run_id,
+        sampling_interval=interval,
+        resume_logging=resumed is not None,
         tracking_uri=resolve_uri(uri),
-    )  # fmt: skip
+    )
     monitor.start()
     return monitor
 
@@ -343,14 +346,16 @@ def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool
     import torch
 
     name, tags = job_info(cfg)
-    tags.update({
-        **process_tags(),
-        **identity_tags(cfg, config_hash),
-        "sweeplab.threads": str(torch.get_num_threads()),
-        "sweeplab.device": str(device),
-        **environment.tags(),
-        **sweep_tags(run_is_new),
-    })  # fmt: skip
+    tags.update(
+        {
+            **process_tags(),
+            **identity_tags(cfg, config_hash),
+            "sweeplab.threads": str(torch.get_num_threads()),
+            "sweeplab.device": str(device),
+            **environment.tags(),
+            **sweep_tags(run_is_new),
+        }
+    )
     return name, tags
 
 

@@ -182,9 +182,16 @@ def torchvision_dataset(
             f"{(num_classes, in_channels, image_size)}"
         )
     data = in_memory(
-        TensorSplit(train_x, train_y), TensorSplit(test_x, test_y), classes, mean, std,
-        val_fraction, train_subset, device, seed,
-    )  # fmt: skip
+        TensorSplit(train_x, train_y),
+        TensorSplit(test_x, test_y),
+        classes,
+        mean,
+        std,
+        val_fraction,
+        train_subset,
+        device,
+        seed,
+    )
     data.flips_keep_label = flips_keep_label
     return data
 
@@ -321,9 +328,16 @@ def synthetic_dataset(
 
     classes = [f"class_{i}" for i in range(num_classes)]
     data = in_memory(
-        make(num_train), make(num_test), classes, mean, std, val_fraction, train_subset,
-        device, seed,
-    )  # fmt: skip
+        make(num_train),
+        make(num_test),
+        classes,
+        mean,
+        std,
+        val_fraction,
+        train_subset,
+        device,
+        seed,
+    )
     data.flips_keep_label = flips_keep_label
     return data
 

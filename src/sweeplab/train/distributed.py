@@ -50,8 +50,9 @@ def setup(strategy: str, device_name: str) -> Ranks:
             "trainer.strategy=ddp needs torchrun: "
             "torchrun --nproc_per_node=N src/train.py trainer.strategy=ddp ..."
         )
-    ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                  int(os.environ.get("LOCAL_RANK", 0)))  # fmt: skip
+    ranks = Ranks(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    )
     cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
