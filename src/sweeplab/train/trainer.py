@@ -94,7 +94,8 @@ class Trainer:
 
     def fit(self, hooks: list[Hook]) -> list[dict[str, float]]:
         """Train the epochs left; after each, validate and call the hooks in order (the
-        first that says stop ends training). Returns the history of every epoch."""
+        first that says stop ends training after this epoch; the hooks after it are not
+        called), then log the epoch's line. Returns the history of every epoch."""
         for hook in hooks:
             hook.on_fit_start(self)
         for epoch in range(self.progress.epoch + 1, self.epochs + 1):
@@ -106,6 +107,8 @@ class Trainer:
             self.progress.epoch = epoch
             if improved:
                 self.progress.best_acc, self.progress.best_epoch = val_acc, epoch
+            stop = any(hook.on_epoch_end(self, row, improved) for hook in hooks)
+            # After the hooks: once this line shows, the epoch's checkpoint and metrics exist
             log.info(
                 "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
                 "lr %.2e  %.1fs  %.0f img/s%s",
@@ -113,7 +116,7 @@ class Trainer:
                 *(row["lr"], row["epoch_time_s"], row["train_images_per_s"]),
                 "  *best" if improved else "",
             )
-            if any(hook.on_epoch_end(self, row, improved) for hook in hooks):
+            if stop:
                 break
         return self.progress.history
 
