@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -260,3 +261,24 @@ def test_a_rerun_with_a_typod_override_is_one_error(small_cfg, store_root):
     uri = f"sqlite:///{store_root}/mlflow.db"
     with pytest.raises(RerunError, match=r"Could not override 'trainer.epoch'"):
         rerun(original["run_id"], ["trainer.epoch=3"], tracking_uri=uri)
+
+
+def test_a_config_logged_before_the_subpackages_reruns_with_the_moved_targets():
+    """Runs recorded before 2026-12-04 name `sweeplab.models.simple_cnn`; a rerun reads their
+    config.yaml with the current paths, each importable; current configs pass unchanged."""
+    from hydra.utils import get_method
+
+    from conftest import CONF
+    from sweeplab.cli.rerun import current_targets
+
+    old = "model:\n  _target_: sweeplab.models.simple_cnn\n  x: sweeplab.models.keep\n"
+    assert current_targets(old) == (
+        "model:\n  _target_: sweeplab.train.models.simple_cnn\n  x: sweeplab.models.keep\n"
+    )
+    for path in CONF.rglob("*.yaml"):
+        text = path.read_text()
+        assert current_targets(text) == text
+        for target in re.findall(r"_target_: (sweeplab\.train\.\S+)", text):
+            moved_back = target.replace("sweeplab.train.", "sweeplab.")
+            (new,) = re.findall(r"_target_: (\S+)", current_targets(f"_target_: {moved_back}"))
+            assert new == target and callable(get_method(new))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -46,6 +47,16 @@ def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, Any]
     return path, source
 
 
+# Modules that moved into sweeplab.train (2026-12-04): a run recorded before names its parts by
+# the old paths in its config.yaml, e.g. `_target_: sweeplab.models.simple_cnn`.
+_MOVED = re.compile(r"(_target_: )sweeplab\.(models|data|augment|mixing|optim)\.")
+
+
+def current_targets(config_yaml: str) -> str:
+    """A logged config.yaml with `_target_` paths of the current layout (pure)."""
+    return _MOVED.sub(r"\1sweeplab.train.\2.", config_yaml)
+
+
 def quoted(value: str) -> str:
     """A value as a quoted Hydra override value: spaces, `=` and `,` in a path stay its own.
     (Hydra reads a backslash as an escape only before a quote: those, and quotes, doubled.)"""
@@ -71,6 +82,7 @@ def rerun(
     out = Path(output_dir or f"outputs/reruns/{stamp}_{run_id[:8]}").resolve()
     with tempfile.TemporaryDirectory(prefix="sweeplab-rerun-") as tmp:
         config, source = fetch_config(run_id, uri, Path(tmp))
+        config.write_text(current_targets(config.read_text()))
         source_name = source.info.run_name
         if changed := environment.differences(source.data.tags):
             log.warning(
