@@ -77,7 +77,7 @@ def main() -> None:
         total = (time.perf_counter() - start) / (steps * len(names))
         return (caller, total, len(names)), "FINISHED"
 
-    caller, total, n = tracking.run_to_end(uri, exp, "metrics", {}, log_many)
+    (caller, total, n), _ = tracking.run_to_end(uri, exp, "metrics", {}, log_many)
     print(
         f"2. tracking: {1000 * caller:.3f} ms per metric value paid by the training loop, "
         f"{1000 * total:.3f} ms including the background write to sqlite "

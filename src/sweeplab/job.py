@@ -65,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(job, dict):  # a dry run, or a sweep job whose config already FINISHED
         return job
     with sigterm_exits():
-        final, run = in_run(job, lambda run: fit_and_score(job, run))
+        final, run = in_run(job)
     if job.where.ranks.is_main and not cfg.tracking.keep_last_checkpoint:
         drop_resume_state(run, Path(cfg.output_dir))  # ended as intended: never resumed
     distributed.cleanup(job.where.ranks)
@@ -136,14 +136,14 @@ def experiment_for(cfg: DictConfig, where: Where, plan: Plan, chash: str, resume
 # --- the run: opened with its tags, params and config files; fit; test ------------------------
 
 
-def in_run(job: Job, body) -> tuple[dict, tracking.Run | tracking.NullRun]:
-    """`body(run)` in the MLflow run this training logs into (a stand-in on DDP ranks > 0):
-    created with its tags, params and config files, or reopened to resume. Returns (the
-    body's result, the run); the run ends as the body says, or FAILED / KILLED."""
+def in_run(job: Job) -> tuple[dict, tracking.Run | tracking.NullRun]:
+    """`fit_and_score` in the MLflow run this training logs into (a stand-in on DDP ranks >
+    0): created with its tags, params and config files, or reopened to resume. Returns (the
+    final metrics, the run); the run ends as fit_and_score says, or FAILED / KILLED."""
     cfg, where, trainer = job.cfg, job.where, job.trainer
     if not where.ranks.is_main:  # with ddp, only rank 0 talks to MLflow and writes files
         run = tracking.NullRun()
-        return body(run)[0], run
+        return fit_and_score(job, run)[0], run
     data, t = trainer.data, cfg.tracking
     log.info(
         "%s: %d train / %d val / %d test images, %s on %s, %d params",
@@ -157,11 +157,10 @@ def in_run(job: Job, body) -> tuple[dict, tracking.Run | tracking.NullRun]:
     )
     interval = t.system_metrics_interval if t.system_metrics else None
 
-    def opened(run: tracking.Run) -> tuple[tuple[dict, tracking.Run], str]:
+    def opened(run: tracking.Run) -> tuple[dict, str]:
         log.info("MLflow run %s (experiment %r)", run.run_id, t.experiment)
         record_start(job, run)
-        result, status = body(run)
-        return (result, run), status
+        return fit_and_score(job, run)
 
     return tracking.run_to_end(t.uri, job.experiment_id, name, tags, opened, resume_id, interval)
 

@@ -316,10 +316,8 @@ class TrialReporter(Hook):
             self._report(row, best)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float], improved: bool) -> bool:
-        return self.should_stop(row, trainer.progress.best_acc)
-
-    def should_stop(self, row: dict[str, float], best_val_acc: float) -> bool:
         """Report this epoch's value of the optimised metric; True when the trial is pruned."""
+        best_val_acc = trainer.progress.best_acc
         if not self._report(row, best_val_acc) or not self.trial.should_prune():
             return False
         epoch = self.pruned_epoch = int(row["epoch"])

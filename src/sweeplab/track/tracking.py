@@ -192,9 +192,10 @@ def run_to_end(
     body: Callable[[Run], tuple[Any, str]],
     resume_run_id: str | None = None,
     system_metrics_interval: float | None = None,
-) -> Any:
+) -> tuple[Any, Run]:
     """Create (or reopen, to resume) a run and call `body(run)`, which returns (its result,
-    the status the run ends with: FINISHED, or KILLED for a pruned trial). If it raises, the
+    the status the run ends with: FINISHED, or KILLED for a pruned trial); returns (that
+    result, the run). If it raises, the
     run ends FAILED (KILLED on Ctrl-C / SIGTERM) with the traceback logged and the error is
     raised again: a normal error never leaves it RUNNING. With `system_metrics_interval`
     (seconds), MLflow's monitor logs CPU / memory / disk / network (and GPU with
@@ -223,7 +224,7 @@ def run_to_end(
         log.error("run %s ended %s: %s: %s", run.run_id, status, type(e).__name__, e)
         raise
     _end(run, monitor, status)
-    return result
+    return result, run
 
 
 def _end(run: Run, monitor, status: str) -> None:

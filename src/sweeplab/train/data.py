@@ -181,7 +181,7 @@ def torchvision_dataset(
             f"{name} has (num_classes, in_channels, image_size)={got} but the config says "
             f"{(num_classes, in_channels, image_size)}"
         )
-    data = in_memory(
+    return in_memory(
         TensorSplit(train_x, train_y),
         TensorSplit(test_x, test_y),
         classes,
@@ -191,9 +191,8 @@ def torchvision_dataset(
         train_subset,
         device,
         seed,
+        flips_keep_label,
     )
-    data.flips_keep_label = flips_keep_label
-    return data
 
 
 def in_memory(
@@ -206,6 +205,7 @@ def in_memory(
     train_subset: int | None,
     device: torch.device,
     seed: int,
+    flips_keep_label: bool = True,
 ) -> Data:
     """Carve the val split from the train set and put all three splits on `device`."""
     train_idx, val_idx = split_train_val(len(full_train), val_fraction, train_subset, seed)
@@ -217,6 +217,7 @@ def in_memory(
         classes=classes,
         mean=tuple(mean),
         std=tuple(std),
+        flips_keep_label=flips_keep_label,
     )
 
 
@@ -327,7 +328,7 @@ def synthetic_dataset(
         return TensorSplit((pixels * 255).round().to(torch.uint8), labels)
 
     classes = [f"class_{i}" for i in range(num_classes)]
-    data = in_memory(
+    return in_memory(
         make(num_train),
         make(num_test),
         classes,
@@ -337,9 +338,8 @@ def synthetic_dataset(
         train_subset,
         device,
         seed,
+        flips_keep_label,
     )
-    data.flips_keep_label = flips_keep_label
-    return data
 
 
 # --- image folders -------------------------------------------------------------------------
