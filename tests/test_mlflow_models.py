@@ -8,15 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch import nn
-from torch.export import Dim
 
 from conftest import TRAIN_SCRIPT, per_class
 from sweeplab.cli import predict
@@ -103,93 +100,6 @@ def test_the_best_checkpoint_is_a_logged_model_that_scores_like_the_run(
     assert spec.type == np.dtype(np.uint8) and spec.shape == (-1, 3, 32, 32)
     assert info.flavors["pytorch"]["model_data"] == "data"
     assert info.model_uuid == output.model_id
-
-
-@pytest.fixture
-def empty_graph_cache(monkeypatch) -> None:
-    """No graph exported by an earlier test in this process: the next export really traces."""
-    monkeypatch.setattr(logged_model, "_GRAPHS", OrderedDict())
-
-
-@pytest.fixture
-def real_exports(monkeypatch, empty_graph_cache) -> list:
-    """The modules torch.export really traces from here on."""
-    traced, real = [], torch.export.export
-
-    def spy(mod, *args, **kwargs):
-        traced.append(mod)
-        return real(mod, *args, **kwargs)
-
-    monkeypatch.setattr(torch.export, "export", spy)
-    return traced
-
-
-def test_later_jobs_log_the_first_jobs_graph_with_their_own_weights(small_cfg, real_exports):
-    x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
-    logits = []
-    for seed in (1, 2):  # two jobs of a sweep in one process, as Hydra's basic launcher runs them
-        cfg = small_cfg(f"trainer.seed={seed}")
-        result = train(cfg)
-        uri = logged_model.model_uri(tracking.client(cfg.tracking.uri), result["run_id"])
-        loaded, _ = logged_model.load(uri, cfg.tracking.uri)
-        net = instantiate(cfg.model)
-        best = Path(cfg.output_dir) / "checkpoints" / "best.pt"
-        net.load_state_dict(load_checkpoint(best)["model"])
-        data = splits_of(cfg)
-        with torch.no_grad():
-            expected = logged_model.serving_module(net, data.mean, data.std, False)(x)
-            logits.append(loaded(x))
-        torch.testing.assert_close(logits[-1], expected, rtol=1e-5, atol=1e-5)
-    assert len(real_exports) == 1  # MLflow's export of the second job reused the first's graph
-    assert not torch.equal(*logits)  # ... with the second job's weights
-
-
-def test_a_graph_is_reused_only_for_the_same_architecture_and_input_shape(real_exports):
-    def classifier(seed: int, width: int = 8, extra: nn.Module | None = None):
-        torch.manual_seed(seed)
-        net = nn.Sequential(
-            nn.Conv2d(1, width, 3),
-            nn.BatchNorm2d(width),
-            nn.Flatten(),
-            nn.LazyLinear(3),
-            *([extra] if extra else []),
-        )
-        net(torch.zeros(2, 1, 8, 8))  # materialise the lazy layer
-        return logged_model.serving_module(net, [0.5], [0.2], channels_last=False)
-
-    def export(module, batch=2, size=8, built_from="cfg"):
-        images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
-        with logged_model.reused_graphs(module, built_from):
-            program = torch.export.export(module, (images,), dynamic_shapes=({0: Dim.AUTO},))
-        torch.testing.assert_close(program.module()(images), module(images))  # its own weights
-        return program
-
-    first = export(classifier(0))
-    again = export(classifier(1))  # other weights: the same graph
-    assert len(real_exports) == 1 and str(again.graph) == str(first.graph)
-    export(classifier(1, width=4))  # other layer sizes
-    export(classifier(1), batch=3)  # another example shape (a dynamic batch would still fit)
-    assert len(real_exports) == 3
-    export(classifier(1), built_from="another model config")  # e.g. a knob used only in forward
-    assert len(real_exports) == 4
-    # a tensor the graph holds as a constant (not in the state dict): traced every time
-    for seed in (0, 1):
-        export(classifier(seed, extra=WithConstant()))
-    assert len(real_exports) == 6
-    # other modules exported while the block is open are not touched
-    other = classifier(2)
-    with logged_model.reused_graphs(classifier(3), "cfg"):
-        torch.export.export(other, (torch.zeros(2, 1, 8, 8, dtype=torch.uint8),))
-    assert real_exports[-1] is other
-
-
-class WithConstant(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("offset", torch.ones(3), persistent=False)
-
-    def forward(self, x):
-        return x + self.offset
 
 
 def test_runs_record_their_train_val_and_test_data(small_cfg, client):

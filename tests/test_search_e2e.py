@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from test_reliability import SLOW, TRAIN_SCRIPT, start, wait_for_line
 from test_sweep import parent_and_children, report_csv, sweep
 
-from sweeplab.track.tracking import PRUNED_TAG, TRIAL_TAG
+from sweeplab.track.tags import PRUNED_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

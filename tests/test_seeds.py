@@ -14,7 +14,7 @@ from test_sweep import parent_and_children, sweep
 from sweeplab.config.identity import SEED, config_hash
 from sweeplab.sweep.report import Row, markdown, plot_test_acc
 from sweeplab.sweep.seeds import seed_groups, seeds_csv
-from sweeplab.track.tracking import SEEDLESS_TAG
+from sweeplab.track.tags import SEEDLESS_TAG
 
 
 def row(optimizer: str, seed: int, val: float, test: float, status: str = "FINISHED") -> Row:

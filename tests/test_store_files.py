@@ -23,7 +23,7 @@ import sqlalchemy
 from sqlalchemy import event
 
 from conftest import REPO, TRAIN_SCRIPT, store_client
-from sweeplab.sweep import search
+from sweeplab.sweep import study
 from sweeplab.track import sqlite_db, store
 from sweeplab.track.tracking import TrackingError
 
@@ -321,11 +321,11 @@ def test_16_study_file_creation_interrupted_leaves_none_then_opens(at, tmp_path)
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     with Statements(".creating-", at), pytest.raises(KeyboardInterrupt):
-        search.open_storage(url)
+        study.open_storage(url)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".optuna.db.lock"]
-    study = optuna.create_study(storage=search.open_storage(url), study_name="s")
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    assert len(study.trials) == 2
+    made = optuna.create_study(storage=study.open_storage(url), study_name="s")
+    made.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(made.trials) == 2
 
 
 def test_16_study_file_opened_by_another_process_during_its_creation(tmp_path):
@@ -338,5 +338,5 @@ def test_16_study_file_opened_by_another_process_during_its_creation(tmp_path):
         subprocess.run([sys.executable, "-c", code, f"sqlite:///{path}"], check=True)
 
     with Statements(".creating-", 20, other):
-        storage = search.open_storage(f"sqlite:///{path}")
+        storage = study.open_storage(f"sqlite:///{path}")
     assert optuna.get_all_study_names(storage) == ["theirs"]

@@ -17,7 +17,7 @@ from test_reliability import SLOW, start
 
 from conftest import CONF, job_runs, store_client
 from sweeplab.config.identity import sweep_id
-from sweeplab.sweep.jobs import Placement, choose_joblib_jobs, concurrent_jobs, placement
+from sweeplab.sweep.placement import Placement, choose_joblib_jobs, concurrent_jobs, placement
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"

@@ -21,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config.identity import config_hash
 from sweeplab.config.schema import ConfigError, in_multirun, launch_dir, option, validate
-from sweeplab.sweep.jobs import Plan, job_placement, plan_for
+from sweeplab.sweep.jobs import Plan, plan_for
+from sweeplab.sweep.placement import job_placement
 from sweeplab.sweep.search import TrialReporter
-from sweeplab.track import environment, lineage, logged_model, store, tracking
+from sweeplab.track import environment, lineage, logged_model, store, tags, tracking
 from sweeplab.track.hooks import MetricLogger, epoch_metrics
 from sweeplab.track.params import flatten_config, write_config_files
 from sweeplab.track.resume import drop_resume_state, load_resume_state, sigterm_exits
-from sweeplab.track.tracking import PRUNED_TAG
 from sweeplab.train import distributed
 from sweeplab.train.checkpoint import CheckpointSaver
 from sweeplab.train.device import resolve_device, seed_everything
@@ -152,7 +152,7 @@ def in_run(job: Job) -> tuple[dict, tracking.Run | tracking.NullRun]:
         sum(p.numel() for p in trainer.model.parameters()),
     )
     resume_id = job.resumed["mlflow_run_id"] if job.resumed else None
-    name, tags = tracking.run_tags(
+    name, start_tags = tags.run_tags(
         cfg, config_hash=job.config_hash, device=where.device, run_is_new=resume_id is None
     )
     interval = t.system_metrics_interval if t.system_metrics else None
@@ -162,7 +162,9 @@ def in_run(job: Job) -> tuple[dict, tracking.Run | tracking.NullRun]:
         record_start(job, run)
         return fit_and_score(job, run)
 
-    return tracking.run_to_end(t.uri, job.experiment_id, name, tags, opened, resume_id, interval)
+    return tracking.run_to_end(
+        t.uri, job.experiment_id, name, start_tags, opened, resume_id, interval
+    )
 
 
 def record_start(job: Job, run: tracking.Run) -> None:
@@ -217,8 +219,8 @@ def end_pruned(trainer: Trainer, run, epoch: int) -> dict:
         "train_time_s": trainer.train_time_s(),
     }
     run.log_metrics(final, step=p.best_epoch)
-    run.set_tags({PRUNED_TAG: str(epoch)})
-    return {**final, PRUNED_TAG: epoch}
+    run.set_tags({tags.PRUNED_TAG: str(epoch)})
+    return {**final, tags.PRUNED_TAG: epoch}
 
 
 def score_test_set(job: Job, saver: CheckpointSaver, run) -> dict:
@@ -261,9 +263,9 @@ def record_failed_job(cfg: DictConfig, error: Exception) -> None:
     try:
         t = cfg.tracking
         experiment_id = store.prepare_store(t.uri, t.root, t.experiment)
-        name, tags = tracking.failed_job_tags(cfg, error, config_hash(cfg))
+        name, failed = tags.failed_job_tags(cfg, error, config_hash(cfg))
         client = tracking.client(t.uri)
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run_id = client.create_run(experiment_id, run_name=name, tags=failed).info.run_id
         client.set_terminated(run_id, status="FAILED")
     except Exception as e:  # e.g. the store itself is what failed: the job's error stands
         log.warning("could not record the failed job in MLflow: %s", e)

@@ -1,23 +1,24 @@
 """Hydra's grid sweeper, plus `sweep.seeds=N`: every configuration of the grid once per seed
 (trainer.seed, +1, ..., +N-1), so the sweep report can show each one's mean and spread; and a
 joblib launcher left at its defaults runs one job at a time where parallel would be slower
-(sweeplab.sweep.jobs.choose_joblib_jobs)."""
+(sweeplab.sweep.placement.choose_joblib_jobs).
+"""
 
 from __future__ import annotations
 
+# Hydra has no public base class for a grid sweeper: BasicSweeper is its default sweeper's own
+# class, under hydra._internal (checked against hydra-core 1.3.2 and 1.3.8; pinned <1.4).
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class SweeplabBasicSweeper(BasicSweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from sweeplab.sweep.jobs import choose_joblib_jobs, cpu_cores
+        # the seam (Hydra imports plugins at start-up, so sweeplab loads only for a sweep)
+        from sweeplab.sweep import grid
 
-        choose_joblib_jobs(config, cpu_cores())  # before the launcher reads its n_jobs
+        self.grid = grid
+        grid.prepare(config)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]):
-        from sweeplab.sweep.seeds import seeds_override
-
-        # sweeplab's callback has already refused sweep.seeds > 1 with a swept trainer.seed.
-        n = int(self.config.sweep.get("seeds", 1))
-        return super().sweep([*arguments, *seeds_override(int(self.config.trainer.seed), n)])
+        return super().sweep([*arguments, *self.grid.seed_arguments(self.config)])

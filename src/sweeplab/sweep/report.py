@@ -26,7 +26,7 @@ from pathlib import Path
 from sweeplab.errors import SweeplabError
 from sweeplab.sweep.seeds import seed_groups, seed_table, seeds_csv, short
 from sweeplab.track import registry, tracking
-from sweeplab.track.tracking import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
+from sweeplab.track.tags import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
 from sweeplab.train.metrics import pyplot
 
 log = logging.getLogger("sweeplab")

@@ -1,144 +1,35 @@
-"""Optuna search, the parts both sides of a trial share: where the study lives, the job's side of
-a trial (report each epoch, stop when the pruner says so) and the search's results on the
-sweep's parent run. The sweeper itself (ask / tell, `n_jobs` trials in flight, resume) is the
+"""Optuna search, the parts around a trial: everything about a search checked before it
+starts, what a job returns to the sweeper, and the job's side of a trial (report each epoch,
+stop when the pruner says so). The ask / tell loop is sweep/optuna_search.py, behind the
 Hydra plugin in `hydra_plugins/sweeplab_sweepers`.
-
-A job learns its trial from two overrides the sweeper adds, `sweep.study=<name>` and
-`sweep.trial=<number>`; the storage URL it derives from its own config exactly as the sweeper
-does (so a database password never travels on a command line or into a tag).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from filelock import FileLock
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
-from omegaconf import DictConfig, OmegaConf
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-from sweeplab.errors import SweeplabError
+from sweeplab.config.schema import in_multirun
+from sweeplab.sweep.space import SearchError, as_list, is_listed, search_space
+from sweeplab.sweep.study import (
+    check_study,
+    instantiate_pruner,
+    open_storage,
+    storage_url,
+    study_name,
+)
 from sweeplab.track import sqlite_db
-from sweeplab.track.tracking import PRUNED_TAG, is_local, resolve_uri
+from sweeplab.track.tags import PRUNED_TAG
 from sweeplab.train.hooks import Hook
-
-if TYPE_CHECKING:  # annotations only: the Hydra plugin imports this module at start-up
-    from sweeplab.train.trainer import Trainer
+from sweeplab.train.trainer import Trainer
 
 log = logging.getLogger("sweeplab")
-
-STUDY_FILE = "optuna.db"  # under tracking.root for a local tracking store
-
-
-class SearchError(SweeplabError):
-    """The search cannot go on (storage unset or unreachable, too many failed trials)."""
-
-
-def storage_url(storage: str | None, tracking: DictConfig) -> str:
-    """`hydra.sweeper.storage` if set; else beside the tracking store: a sqlite file under
-    tracking.root, or `tracking.study_storage` (the server's database) for a tracking server."""
-    if storage:
-        return resolve_uri(str(storage)) if str(storage).startswith("sqlite:") else str(storage)
-    if tracking.get("study_storage"):
-        return str(tracking.study_storage)
-    if is_local(str(tracking.uri)):
-        return f"sqlite:///{os.path.join(str(tracking.root), STUDY_FILE)}"
-    raise SearchError(
-        f"an Optuna search with tracking.uri={tracking.uri} needs a study storage the jobs can "
-        "reach: set tracking.study_storage (e.g. the server's postgresql://… database, or "
-        "$SWEEPLAB_STUDY_STORAGE) or hydra.sweeper.storage"
-    )
-
-
-def open_storage(url: str):
-    """Optuna's RDB storage; sqlite waits for a busy file instead of failing at once (jobs
-    report while the sweeper asks and tells)."""
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    try:
-        create_study_file(url)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:
-        cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        raise SearchError(
-            f"cannot open the Optuna study storage {display_url(url)}: {cause}"
-        ) from None
-
-
-def create_study_file(url: str) -> None:
-    """A sqlite study file that does not exist yet is made whole (sweeplab.track.sqlite_db), under a
-    lock beside it, so an interrupted first search leaves no half-made optuna.db."""
-    import optuna
-
-    path = sqlite_db.sqlite_path(url)
-    if path is None or (path.exists() and path.stat().st_size > 0):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / f".{path.name}.lock")):
-        sqlite_db.remove_temporaries(path)
-        if not path.exists() or path.stat().st_size == 0:
-            make = lambda tmp: optuna.storages.RDBStorage(tmp).engine.dispose()  # noqa: E731
-            sqlite_db.create_whole(path, make, replace=path.exists())
-
-
-def display_url(url: str) -> str:
-    """The URL as it may be shown or logged: password masked, paths relative to the launch dir."""
-    from sweeplab.config.redact import redact_override
-    from sweeplab.config.schema import launch_dir
-    from sweeplab.track.params import relativize_paths
-
-    return relativize_paths(redact_override(f"url={url}").split("=", 1)[1], launch_dir())
-
-
-def distribution(override: Override) -> Any:
-    """An Optuna distribution for a sweep override (the official plugin's syntax), or the
-    plain value of a fixed one. `range` follows Hydra (stop excluded)."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    value = override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator())
-        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
-            return IntDistribution(values[0], values[-1], step=int(value.step))
-        return FloatDistribution(values[0], values[-1], step=value.step)
-    if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
-    raise SearchError(f"{override.input_line}: not a search space Optuna can sample")
-
-
-def search_space(params: dict | None, arguments: list[str]) -> tuple[dict, dict]:
-    """({key: distribution}, {key: fixed value}) from hydra.sweeper.params and the command line."""
-    from optuna.distributions import BaseDistribution
-
-    lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
-    space, fixed = {}, {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        try:
-            value = distribution(override)
-        except ValueError as e:  # Optuna: low > high, log with low <= 0, ...
-            raise SearchError(f"{override.input_line}: {e}") from None
-        target = space if isinstance(value, BaseDistribution) else fixed
-        key = override.get_key_element()
-        space.pop(key, None), fixed.pop(key, None)  # the command line wins over params
-        target[key] = value
-    return space, fixed
 
 
 # --- a search checked before anything is created ----------------------------------------------
@@ -198,67 +89,6 @@ def check_search_settings(
     check_study(open_storage(url), study_name(config, pinned), directions, space, bool(pinned))
 
 
-def study_name(config: DictConfig, pinned: str | None) -> str:
-    """hydra.sweeper.study_name, else the sweep id: the same command continues its study."""
-    from sweeplab.config.identity import sweep_id
-    from sweeplab.track.tracking import SWEEP_ID_ENV
-
-    return str(pinned or os.environ.get(SWEEP_ID_ENV) or sweep_id(config))
-
-
-def check_study(storage, name: str, directions: list[str], space: dict, pinned: bool) -> None:
-    """An existing study is continued only with its own directions and search space: mixed
-    trials would make "best trial" compare configurations from two different searches."""
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return  # a new study
-    how = "set hydra.sweeper.study_name=<new name>" if pinned else "set hydra.sweeper.study_name"
-    had = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    if had != directions:
-        raise SearchError(
-            f"study {name} exists with directions {had}, not {directions}: {how} to start "
-            "another study"
-        )
-    changed = set()
-    for trial in storage.get_all_trials(study_id, deepcopy=False):
-        for key, old in trial.distributions.items():
-            if key not in space or space[key] != old:
-                changed.add(f"{key}: {_shown(old)} -> {_shown(space.get(key))}")
-        changed.update(
-            f"{k}: none -> {_shown(d)}"
-            for k, d in space.items()
-            if trial.distributions and k not in trial.distributions
-        )
-    if changed:
-        raise SearchError(
-            f"study {name} was searched over another space ({'; '.join(sorted(changed)[:4])}): "
-            f"continuing it would mix trials of both; {how} to start another study"
-        )
-
-
-def _shown(d) -> str:
-    if d is None:
-        return "none"
-    fields = ", ".join(f"{k}={v}" for k, v in vars(d).items() if v is not None and v is not False)
-    return f"{type(d).__name__.removesuffix('Distribution')}({fields})"
-
-
-def instantiate_pruner(node: Any):
-    from hydra.utils import instantiate
-
-    return instantiate(node) if node else None
-
-
-def is_listed(value: Any) -> bool:
-    return OmegaConf.is_list(value) or isinstance(value, (list, tuple))
-
-
-def as_list(value: Any) -> list[str]:
-    """`optimized_metric` / `direction`: one name, or a list of them (multi-objective)."""
-    return [str(v) for v in (value if is_listed(value) else [value])]
-
-
 def optimized_values(metrics: dict, names: Any) -> float | list[float]:
     """What the job returns to a sweeper: the value of `optimized_metric`, or a list of values
     for a list of names. A pruned run has no test metrics: NaN there (the sweeper tells PRUNED)."""
@@ -285,13 +115,8 @@ class TrialReporter(Hook):
 
     @classmethod
     def for_job(cls, cfg: DictConfig) -> TrialReporter:
-        from sweeplab.config.schema import in_multirun
-
         if cfg.sweep.get("trial") is None or not in_multirun():  # e.g. a job's saved config
             return cls()
-        import optuna
-        from hydra.core.hydra_config import HydraConfig
-
         sweeper = HydraConfig.get().sweeper
         storage = open_storage(storage_url(sweeper.get("storage"), cfg.tracking))
         study = optuna.load_study(
@@ -340,74 +165,3 @@ class TrialReporter(Hook):
             return False
         self.trial.report(float(value), step=int(row["epoch"]))
         return True
-
-
-# --- results on the parent run ---------------------------------------------------------------
-
-
-def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: list[str]) -> dict:
-    """Best parameters and value (or the Pareto front), Optuna's history and importance plots
-    and the storage URL, on the sweep's parent run (a NullRun outside sweeplab's callback);
-    also optimization_results.yaml in the sweep folder."""
-    import optuna
-
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    results: dict[str, Any] = {
-        "name": "optuna",
-        "study": study.study_name,
-        "storage": display_url(storage),
-    }
-    tags = {
-        "optuna.study": study.study_name,
-        "optuna.storage": display_url(storage),
-        "sweeplab.objectives": ",".join(objectives),
-    }
-    if done and len(study.directions) == 1:
-        best = study.best_trial
-        results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
-        parent_run.log_params({f"best.{k}": v for k, v in best.params.items()})
-        parent_run.log_metrics({"best_value": best.value, "best_trial": best.number}, step=0)
-    elif done:
-        front = study.best_trials
-        results["solutions"] = [
-            {"trial": t.number, "params": t.params, "values": t.values} for t in front
-        ]
-        tags["sweeplab.pareto_trials"] = ",".join(str(t.number) for t in front)
-    parent_run.set_tags(tags)
-    path = os.path.join(sweep_dir, "optimization_results.yaml")
-    OmegaConf.save(OmegaConf.create(results), path)
-    parent_run.log_artifact(path, "optuna")
-    for png in _plots(study, done, sweep_dir):
-        parent_run.log_artifact(png, "optuna")
-    return results
-
-
-def _plots(study, done: list, sweep_dir: str) -> list[str]:
-    """Optuna's own matplotlib plots; importance needs two finished trials with varied params."""
-    import warnings
-
-    from optuna.visualization import matplotlib as ov
-
-    from sweeplab.train.metrics import pyplot
-
-    if not done:  # nothing to plot (Optuna would only warn "There are no complete trials")
-        return []
-    plt = pyplot(Path(sweep_dir) / "optuna.png")
-    names = {"optimization_history": ov.plot_optimization_history}
-    if len(done) >= 2 and len(study.directions) == 1:
-        names["param_importances"] = ov.plot_param_importances
-    if len(study.directions) == 2:
-        names = {"pareto_front": ov.plot_pareto_front}
-    out = []
-    for name, plot in names.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna marks these plots experimental
-                ax = plot(study)
-            path = os.path.join(sweep_dir, f"optuna_{name}.png")
-            ax.figure.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(ax.figure)
-            out.append(path)
-        except Exception as e:  # a plot must never cost the search its results
-            log.warning("optuna %s plot skipped: %s: %s", name, type(e).__name__, e)
-    return out

@@ -10,23 +10,20 @@ sweeplab's classes importable. The graph is exported from a CPU float32 copy of 
 (never the DDP or torch.compile wrapper, which cannot be exported or loaded elsewhere), with a
 dynamic batch dimension. `checkpoints/best.pt` stays the source for resume and re-runs.
 
-Exporting is most of what logging a model costs (simple_cnn 0.25 s, resnet18 0.7 s per job),
-and the graph depends on the architecture and input shape, not on the weights: later jobs of a
-sweep in the same process reuse the first job's graph with their own weights (`reused_graphs`).
+Exporting is most of what logging a model costs (simple_cnn 0.25 s, resnet18 0.7 s per job).
+Each job exports its own: MLflow's log_model traces inside itself and takes no exported
+program, and reusing one job's graph for the next meant patching `torch.export.export`
+(docs/benchmarks.md, issue 21, has the figures).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from unittest import mock
 
 import torch
 from omegaconf import OmegaConf
@@ -65,7 +62,7 @@ class ImageClassifier(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def extra_repr(self) -> str:  # part of the graph's identity (see reused_graphs)
+    def extra_repr(self) -> str:
         return f"channels_last={self.channels_last}"
 
 
@@ -124,8 +121,7 @@ def log_best_model(
     c, size = example.shape[1], example.shape[-1]
     num_classes = int(metadata["num_classes"])
     try:
-        built_from = json.dumps(metadata.get("model"), sort_keys=True, default=str)
-        with tracking.fluent_uri(uri), reused_graphs(module, built_from):
+        with tracking.fluent_uri(uri):
             mlflow.pytorch.log_model(
                 module,
                 name=name,
@@ -181,73 +177,6 @@ def input_example(split) -> torch.Tensor:
     batch of 1 would export a graph that only takes batches of 1."""
     images = split.head(EXAMPLE_SIZE)
     return images[torch.arange(EXAMPLE_SIZE) % len(images)]
-
-
-# --- one export per architecture and input shape in a process ---------------------------------
-
-_GRAPHS: OrderedDict[tuple, torch.export.ExportedProgram] = OrderedDict()
-_MAX_GRAPHS = 4  # each also holds the weights of the job that exported it: bounded memory
-_EXPORTING = threading.Lock()  # one patched export at a time, restored in order
-
-
-@contextmanager
-def reused_graphs(module: nn.Module, built_from: str) -> Iterator[None]:
-    """While MLflow exports `module` in this block, a graph already exported in this process
-    for a module built from the same model config (`built_from`), with the same layers, weight
-    shapes and input shape, is reused with `module`'s weights (a new ExportedProgram around the
-    same graph, ~4 ms) instead of tracing again. Any other export, and the first of each kind,
-    runs torch.export as usual; if MLflow stops calling `torch.export.export`, this simply
-    stops saving time."""
-    real = torch.export.export
-
-    def export(mod, args, kwargs=None, **options):
-        if mod is not module or kwargs:
-            return real(mod, args, kwargs, **options)
-        state = mod.state_dict()
-        key = (built_from, *_graph_key(mod, state, args, options))
-        known = _GRAPHS.get(key)
-        if known is not None:
-            _GRAPHS.move_to_end(key)
-            return _with_weights(known, state, args)
-        program = real(mod, args, **options)
-        # tensors the graph holds as constants (non-persistent buffers, ...) are not in the
-        # state dict and could not be swapped: such a model is exported every time
-        if not program.constants and program.state_dict.keys() == state.keys():
-            _GRAPHS[key] = program
-            while len(_GRAPHS) > _MAX_GRAPHS:
-                _GRAPHS.popitem(last=False)
-        return program
-
-    with _EXPORTING, mock.patch.object(torch.export, "export", export):
-        yield
-
-
-def _graph_key(mod: nn.Module, state: dict, args, options: dict) -> tuple:
-    """What the traced graph depends on besides the config: the module tree with every layer's
-    settings (its repr), the names, shapes and dtypes of its weights, the inputs' shapes,
-    export's options. (A setting only the config shows, e.g. a scale kept as a plain attribute
-    and used in forward, is why the config is part of the key too.)"""
-    weights = tuple((k, tuple(v.shape), v.dtype) for k, v in state.items())
-    inputs = tuple((tuple(a.shape), a.dtype) for a in args)
-    return type(mod).__qualname__, repr(mod), weights, inputs, repr(sorted(options.items()))
-
-
-def _with_weights(program, state: dict, args) -> torch.export.ExportedProgram:
-    weights = {
-        k: nn.Parameter(state[k], requires_grad=False) if isinstance(v, nn.Parameter) else state[k]
-        for k, v in program.state_dict.items()
-    }
-    return torch.export.ExportedProgram(
-        root=program.graph_module,
-        graph=program.graph,
-        graph_signature=program.graph_signature,
-        state_dict=weights,
-        range_constraints=program.range_constraints,
-        module_call_graph=program.module_call_graph,
-        example_inputs=(tuple(args), {}),
-        constants=program.constants,
-        verifiers=program.verifiers,
-    )
 
 
 # --- finding and loading a logged model ------------------------------------------------------

@@ -321,7 +321,7 @@ def mark_stale_runs(uri: str, experiment_id: str, config_hash: str) -> list[str]
     stale = []
     for run in client.search_runs([experiment_id], query):
         tags = run.data.tags
-        if tags.get("sweeplab.host") != socket.gethostname() or _alive(tags.get("sweeplab.pid")):
+        if tags.get("sweeplab.host") != socket.gethostname() or process_alive(tags.get("sweeplab.pid")):
             continue
         client.set_tag(run.info.run_id, "sweeplab.stale", "process gone; marked KILLED")
         client.set_terminated(run.info.run_id, status="KILLED")
@@ -329,7 +329,7 @@ def mark_stale_runs(uri: str, experiment_id: str, config_hash: str) -> list[str]
     return stale
 
 
-def _alive(pid: str | None) -> bool:
+def process_alive(pid: str | None) -> bool:
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, ProcessLookupError):

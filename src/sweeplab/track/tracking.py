@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -19,15 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from sweeplab.config import identity
-from sweeplab.config.identity import override_key, semantic_overrides
-from sweeplab.config.redact import env_sourced_keys, redact_flat, redacted_overrides
-from sweeplab.config.schema import abspath, in_multirun, launch_dir
+from sweeplab.config.schema import abspath
 from sweeplab.errors import SweeplabError
-from sweeplab.track import environment
-from sweeplab.track.params import git_state, relativize_paths
+from sweeplab.track.tags import error_tag
 
 log = logging.getLogger(__name__)
 
@@ -248,121 +240,3 @@ def system_monitor(uri: str, run_id: str, interval: float, resumed: str | None):
     )
     monitor.start()
     return monitor
-
-
-# --- tags: what a run says about itself ---------------------------------------------------------
-
-ROLE_TAG = "sweeplab.role"  # "sweep" on a sweep's parent run; job runs do not carry it
-# Jobs find their sweep through the environment, which joblib / submitit workers inherit.
-SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
-PARENT_ENV = "SWEEPLAB_PARENT_RUN_ID"
-SWEEP_ID_ENV = "SWEEPLAB_SWEEP_ID"
-
-
-# The same for every seed of one configuration: group by it (report, MLflow UI) to average.
-SEEDLESS_TAG = "sweeplab.config_hash_without_seed"
-# An Optuna search's job: its trial number, and the epoch a pruned one stopped at (run KILLED).
-TRIAL_TAG = "sweeplab.trial"
-PRUNED_TAG = "sweeplab.pruned_epoch"
-# Overrides the sweeper adds to a trial's job; a re-run of the job must not report to the trial.
-TRIAL_KEYS = ("sweep.study", "sweep.trial")
-
-
-def identity_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
-    """Which configuration a run is: exactly (skip / resume) and up to its seed (averaging)."""
-    seedless = identity.config_hash(cfg, ignore=(identity.SEED,))
-    return {"sweeplab.config_hash": config_hash, SEEDLESS_TAG: seedless}
-
-
-def member_tag(sweep_id: str) -> str:
-    """Tag put on every run a sweep counts, including runs it skipped because an earlier
-    sweep had FINISHED them (a run has one MLflow parent but may belong to several sweeps)."""
-    return f"sweeplab.in_sweep.{sweep_id}"
-
-
-def process_tags() -> dict[str, str]:
-    """Who runs this job: lets a later launch tell a dead RUNNING run from a live one."""
-    return {"sweeplab.host": socket.gethostname(), "sweeplab.pid": str(os.getpid())}
-
-
-def sweep_tags(run_is_new: bool) -> dict[str, str]:
-    """Tags that tie a job's run to its sweep (empty outside a sweep)."""
-    parent, sid = os.environ.get(PARENT_ENV), os.environ.get(SWEEP_ID_ENV)
-    if not parent or not sid:
-        return {}
-    tags = {member_tag(sid): "true"}
-    if run_is_new:  # resumed / skipped runs keep the parent they were created under
-        tags.update({"mlflow.parentRunId": parent, "sweeplab.sweep_id": sid})
-    return tags
-
-
-def error_tag(error: BaseException) -> dict[str, str]:
-    return {"error": f"{type(error).__name__}: {error}"[:500]}
-
-
-def job_info(cfg: DictConfig) -> tuple[str, dict[str, str]]:
-    """The job's run name and the tags that say how to find and reproduce it: overrides
-    (secrets masked, interpolations unresolved), Hydra dirs, git state, re-run commands."""
-    from hydra.core.hydra_config import HydraConfig
-
-    tags = {**git_state(launch_dir())}
-    overrides: list[str] = []
-    if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        overrides = redacted_overrides(hc.overrides.task)
-        tags["hydra.output_dir"] = relativize_paths(hc.runtime.output_dir, launch_dir())
-        if in_multirun():
-            tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
-            tags["hydra.job_num"] = str(hc.job.num)
-    if cfg.tracking.source_run_id:
-        tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
-    if cfg.sweep.get("trial") is not None:
-        tags.update({TRIAL_TAG: str(cfg.sweep.trial), "optuna.study": str(cfg.sweep.study)})
-    tags["sweeplab.overrides"] = " ".join(overrides)
-    again = [o for o in overrides if override_key(o) not in TRIAL_KEYS]
-    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, again)])
-    if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
-        tags["sweeplab.reproduce_config"] = (
-            f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "
-            "--config-name config"
-        )
-    return run_name(cfg, overrides, in_sweep="hydra.sweep_dir" in tags), tags
-
-
-def run_name(cfg: DictConfig, overrides: list[str], in_sweep: bool) -> str:
-    """`tracking.run_name`, else the overrides that change what the run computes (in a sweep,
-    only the swept ones: `optimizer=adam,model=lenet`), else "defaults"."""
-    if cfg.tracking.run_name:  # a name may be read from the environment: same secret rule
-        flat = redact_flat({"tracking.run_name": cfg.tracking.run_name}, env_sourced_keys(cfg))
-        return flat["tracking.run_name"][:250]
-    semantic = semantic_overrides(overrides)
-    swept = os.environ.get(SWEPT_KEYS_ENV, "").split(",")
-    if in_sweep and any(swept):
-        semantic = [o for o in semantic if o.split("=", 1)[0] in swept] or semantic
-    return (",".join(semantic) or "defaults")[:250]
-
-
-def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool) -> tuple:
-    """(run name, every tag a training run starts with)."""
-    import torch
-
-    name, tags = job_info(cfg)
-    tags.update(
-        {
-            **process_tags(),
-            **identity_tags(cfg, config_hash),
-            "sweeplab.threads": str(torch.get_num_threads()),
-            "sweeplab.device": str(device),
-            **environment.tags(),
-            **sweep_tags(run_is_new),
-        }
-    )
-    return name, tags
-
-
-def failed_job_tags(cfg: DictConfig, error: BaseException, config_hash: str) -> tuple:
-    """(run name, tags) of the FAILED run recorded for a sweep job that failed before its run
-    existed, so the sweep's report lists it."""
-    name, tags = job_info(cfg)
-    tags.update({**sweep_tags(run_is_new=True), **identity_tags(cfg, config_hash)})
-    return name, {**tags, **error_tag(error)}
