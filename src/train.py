@@ -10,12 +10,15 @@ from omegaconf import DictConfig
 
 from sweeplab.config.schema import command_line_problem
 from sweeplab.errors import SweeplabError
-from sweeplab.job import train
-from sweeplab.sweep.search import optimized_values
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | list[float]:
+    # Here, not at the top: `--help`, `--cfg job` and a refused command line need no torch,
+    # MLflow or Optuna (~3 s of imports)
+    from sweeplab.job import train
+    from sweeplab.sweep.search import optimized_values
+
     try:
         metrics = train(cfg)
     except SweeplabError as e:

@@ -27,12 +27,13 @@ from sweeplab.sweep.search import TrialReporter
 from sweeplab.track import environment, lineage, logged_model, store, tags, tracking
 from sweeplab.track.hooks import MetricLogger, epoch_metrics
 from sweeplab.track.params import flatten_config, write_config_files
+from sweeplab.track.plots import plot_confusion
 from sweeplab.track.resume import drop_resume_state, load_resume_state, sigterm_exits
 from sweeplab.train import distributed
 from sweeplab.train.checkpoint import CheckpointSaver
 from sweeplab.train.device import resolve_device, seed_everything
 from sweeplab.train.hooks import EarlyStopping
-from sweeplab.train.metrics import macro_metrics, per_class_table, plot_confusion
+from sweeplab.train.metrics import macro_metrics, per_class_table
 from sweeplab.train.trainer import Trainer, Where
 
 log = logging.getLogger("sweeplab")

@@ -15,9 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, OverrideParseException
+from mlflow.exceptions import MlflowException
+
 from sweeplab.errors import SweeplabError
 from sweeplab.job import train
 from sweeplab.track import environment
+from sweeplab.track.tracking import client as store_client
+from sweeplab.track.tracking import default_uri
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +34,6 @@ class RerunError(SweeplabError, RuntimeError):
 
 def fetch_config(run_id: str, tracking_uri: str, dest: Path) -> tuple[Path, Any]:
     """Download the run's logged config into `dest`; returns (its path, the run)."""
-    from mlflow.exceptions import MlflowException
-
-    from sweeplab.track.tracking import client as store_client
 
     client = store_client(tracking_uri)
     try:
@@ -72,10 +75,6 @@ def rerun(
     output_dir: str | None = None,
 ) -> dict[str, Any]:
     """Train the logged config of `run_id` again; returns the new run's metrics."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, OverrideParseException
-
-    from sweeplab.track.tracking import default_uri
 
     uri = tracking_uri or default_uri()
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")

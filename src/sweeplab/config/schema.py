@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -109,7 +112,6 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 def launch_dir() -> Path:
     """The directory the user launched from, even if Hydra changed into a job directory."""
-    from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.cwd)
@@ -118,7 +120,6 @@ def launch_dir() -> Path:
 
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra sweep (`-m`)."""
-    from hydra.core.hydra_config import HydraConfig
 
     mode = HydraConfig.get().mode if HydraConfig.initialized() else None
     return mode is not None and mode.name == "MULTIRUN"
@@ -327,8 +328,6 @@ def command_line_problem(argv: list[str], conf: Path) -> str | None:
     modes at once, or a config-group option with no file in `conf/` nor in a folder added by
     `hydra.searchpath=[file://...]` or `--config-dir` (Hydra: its own multi-line message, exit
     1). None when Hydra may have it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
 
     given = {a.split("=", 1)[0] for a in argv}
     modes = [long for long, short in MODES.items() if long in given or short in given]

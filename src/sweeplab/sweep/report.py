@@ -23,11 +23,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from sweeplab.errors import SweeplabError
 from sweeplab.sweep.seeds import seed_groups, seed_table, seeds_csv, short
-from sweeplab.track import registry, tracking
+from sweeplab.track import plots, registry, tracking
 from sweeplab.track.tags import PRUNED_TAG, ROLE_TAG, SEEDLESS_TAG, TRIAL_TAG, member_tag
-from sweeplab.train.metrics import pyplot
 
 log = logging.getLogger("sweeplab")
 
@@ -204,9 +205,9 @@ def csv_text(rows: list[Row], swept: list[str]) -> str:
 
 
 def plot_test_acc(rows: list[Row], path: Path) -> Path:
-    plt = pyplot(path)
     shown = [r for r in rows if not math.isnan(r.test_acc)][::-1]  # best at the top
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(shown), 1)))
+    fig = Figure(figsize=(8, 1.2 + 0.35 * max(len(shown), 1)))
+    ax = fig.subplots()
     # bars at positions with the labels as ticks: as category strings, labels such as "1" or
     # "0.01" (a seed, a learning rate) make matplotlib log an INFO line into the sweep's output
     ax.barh(range(len(shown)), [r.test_acc for r in shown], color="tab:blue")
@@ -215,15 +216,12 @@ def plot_test_acc(rows: list[Row], path: Path) -> Path:
         ax.text(r.test_acc, i, f" {r.test_acc:.4f}", va="center", fontsize=8)
     ax.set(xlabel="test accuracy (best-on-val checkpoint)", title="test accuracy per configuration")
     ax.set_xlim(0, 1.08)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
-    plt = pyplot(path)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for r in rows:
         history = sorted((m.step, m.value) for m in client.get_metric_history(r.run_id, "val_acc"))
         if history:
@@ -233,10 +231,7 @@ def plot_val_curves(client, rows: list[Row], path: Path) -> Path:
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def write_report(

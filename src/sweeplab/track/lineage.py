@@ -15,6 +15,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig
 
 from sweeplab.config.schema import launch_dir
@@ -68,9 +71,6 @@ def source(dataset: DictConfig, split: str) -> tuple[str, str]:
 
 def split_datasets(dataset: DictConfig, data: Data) -> dict[str, object]:
     """{"train" | "val" | "test": an MLflow Dataset entity} for the run's three splits."""
-    import numpy as np
-    from mlflow.entities import Dataset
-    from mlflow.types import Schema, TensorSpec
 
     shape = [int(dataset.in_channels), int(dataset.image_size), int(dataset.image_size)]
     schema = {
@@ -98,6 +98,5 @@ def split_datasets(dataset: DictConfig, data: Data) -> dict[str, object]:
 
 def dataset_inputs(datasets: dict[str, object]) -> list:
     """The splits as run inputs, each tagged with its context (train / val / test)."""
-    from mlflow.entities import DatasetInput, InputTag
 
     return [DatasetInput(ds, tags=[InputTag(CONTEXT_TAG, split)]) for split, ds in datasets.items()]

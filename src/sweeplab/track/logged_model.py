@@ -25,7 +25,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import mlflow.pytorch
+import numpy as np
 import torch
+from mlflow.entities import LoggedModelOutput
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, get_model_info
+from mlflow.types import Schema, TensorSpec
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -77,9 +83,6 @@ def serving_module(model: nn.Module, mean, std, channels_last: bool) -> ImageCla
 
 def signature(in_channels: int, image_size: int, num_classes: int):
     """Tensor in (uint8 N x C x H x W), tensor out (float32 logits N x classes)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     images = TensorSpec(np.dtype(np.uint8), (-1, in_channels, image_size, image_size))
     logits = TensorSpec(np.dtype(np.float32), (-1, num_classes))
@@ -106,8 +109,6 @@ def log_best_model(
     epoch); returns its model id. The caller links the final metrics to it (MLflow's own
     linking would also attach every epoch metric of that step). A model that cannot be
     exported is marked FAILED with a warning: the training it came from stands."""
-    import mlflow.pytorch
-    from mlflow.entities import LoggedModelOutput
 
     client = run.client
     # created here, not by log_model: it would take the process's active experiment
@@ -184,7 +185,6 @@ def input_example(split) -> torch.Tensor:
 
 def model_uri(client, target: str) -> str:
     """`models:/...` as given; a run id -> the model that run logged (`models:/<model id>`)."""
-    from mlflow.exceptions import MlflowException
 
     if target.startswith("models:/"):
         return target
@@ -225,9 +225,6 @@ def pickle_refused() -> Iterator[None]:
 
 def load(uri: str, tracking_uri: str) -> tuple[nn.Module, dict[str, Any]]:
     """(the model, its sweeplab metadata) through MLflow; never by unpickling."""
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import get_model_info
 
     with tracking.fluent_uri(tracking_uri), pickle_refused():
         try:

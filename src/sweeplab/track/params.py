@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.config.redact import env_sourced_keys, redact_config, redact_flat, redacted_overrides
@@ -42,7 +43,6 @@ def _param_value(value: Any, launch_dir: Path) -> str:
         value = value.name
     text = "null" if value is None else str(value)
     text = relativize_paths(text, launch_dir)
-    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH  # lazy: importing mlflow takes ~2 s
 
     if len(text) > MAX_PARAM_VAL_LENGTH:
         marker = "...[truncated]"
@@ -59,7 +59,6 @@ def relativize_paths(text: str, launch_dir: Path) -> str:
 
 
 def _shorten_key(key: str) -> str:
-    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
     if len(key) <= MAX_ENTITY_KEY_LENGTH:
         return key

@@ -8,6 +8,9 @@ reproduce the run, so a registered model leads back to how it was made.
 
 from __future__ import annotations
 
+import mlflow
+from mlflow.exceptions import MlflowException
+
 from sweeplab.errors import SweeplabError
 from sweeplab.track import tracking
 from sweeplab.track.logged_model import model_uri
@@ -22,8 +25,6 @@ class RegistryError(SweeplabError):
 def register_best(uri: str, parent, name: str):
     """Register the logged model of the best FINISHED run of the sweep whose parent run is
     `parent` (as the report ranked it) as a new version of `name`; alias `best` -> it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     client = tracking.client(uri)
     tags = client.get_run(parent.info.run_id).data.tags  # the report has just set best_run_id

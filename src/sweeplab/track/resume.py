@@ -12,7 +12,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from sweeplab.config.schema import ConfigError
+from sweeplab.track.tracking import client as store_client
 from sweeplab.train.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger("sweeplab")
@@ -55,9 +58,6 @@ def drop_resume_state(run, output_dir: Path) -> None:
 
 
 def _download_from_run(run_id: str, uri: str, output_dir: Path) -> dict[str, Any]:
-    from mlflow.exceptions import MlflowException
-
-    from sweeplab.track.tracking import client as store_client
 
     client = store_client(uri)
     try:

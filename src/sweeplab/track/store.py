@@ -17,7 +17,12 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import mlflow.db
+import mlflow.store.db_migrations
+import requests
+from alembic.script import ScriptDirectory
 from filelock import FileLock
+from mlflow.exceptions import MlflowException
 
 from sweeplab.config.redact import redact_uri
 from sweeplab.config.schema import abspath, launch_dir
@@ -54,7 +59,6 @@ def check_store(uri: str, root: str) -> None:
             ensure_writable(db.parent, "tracking.uri")
             check_sqlite_file(db)
         return
-    import requests
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
@@ -126,8 +130,6 @@ EMPTY_STORE_ROWS = {
 
 def mlflow_head() -> tuple[str, set[str]]:
     """The installed MLflow's schema revision (alembic head) and every revision it knows."""
-    import mlflow.store.db_migrations
-    from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory(os.path.dirname(mlflow.store.db_migrations.__file__))
     return scripts.get_current_head(), {r.revision for r in scripts.walk_revisions()}
@@ -136,7 +138,6 @@ def mlflow_head() -> tuple[str, set[str]]:
 def mlflow_tables(url: str) -> None:
     """MLflow's tables at the installed version in the database at `url`: all of them on an
     empty database, the missing migrations on an older one (what `mlflow db upgrade` does)."""
-    import mlflow.db
 
     mlflow.db.upgrade.callback(url)
 
@@ -241,7 +242,6 @@ def _upgraded_copy(db: Path, url: str) -> None:
 
 def prepare_store(uri: str, root: str, experiment: str) -> str:
     """Check the store, create it and the experiment if needed (once, under a lock); its id."""
-    from mlflow.exceptions import MlflowException
 
     check_store(uri, root)
     local = is_local(uri)
@@ -321,7 +321,9 @@ def mark_stale_runs(uri: str, experiment_id: str, config_hash: str) -> list[str]
     stale = []
     for run in client.search_runs([experiment_id], query):
         tags = run.data.tags
-        if tags.get("sweeplab.host") != socket.gethostname() or process_alive(tags.get("sweeplab.pid")):
+        if tags.get("sweeplab.host") != socket.gethostname() or process_alive(
+            tags.get("sweeplab.pid")
+        ):
             continue
         client.set_tag(run.info.run_id, "sweeplab.stale", "process gone; marked KILLED")
         client.set_terminated(run.info.run_id, status="KILLED")

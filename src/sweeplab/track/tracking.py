@@ -17,6 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking._tracking_service import utils
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
 from sweeplab.config.schema import abspath
 from sweeplab.errors import SweeplabError
 from sweeplab.track.tags import error_tag
@@ -32,7 +41,6 @@ class TrackingError(SweeplabError):
 
 def client(uri: str):
     """An MlflowClient for `uri` (relative local stores resolved from the launch dir)."""
-    from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=resolve_uri(uri))
 
@@ -68,15 +76,12 @@ class Run:
         self.pending: list = []
 
     def log_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + BATCH])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
         items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), BATCH):
@@ -89,7 +94,6 @@ class Run:
         (see __init__) so the training loop does not wait for the store; `flush()` waits for
         them before the run ends. `model_id` / `dataset` (an MLflow dataset entity) link the
         values to a logged model and to the data they were computed on."""
-        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
@@ -126,7 +130,6 @@ class Run:
         name, digest) row and then inserts one: parallel jobs on the same data can both miss
         and the second insert fails on the unique key (sqlite, PostgreSQL; seen in CI). The
         call is idempotent, so another try finds the winner's row and links it."""
-        from mlflow.exceptions import MlflowException
 
         for attempt in range(1, attempts + 1):
             try:
@@ -139,7 +142,6 @@ class Run:
 
     def delete_artifact(self, artifact_path: str) -> None:
         """Remove one artifact from the run's artifact store (local folder or server)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         uri = self.client.get_run(self.run_id).info.artifact_uri
         # mlflow-artifacts:/ URIs name no host: the server is this client's tracking URI
@@ -152,8 +154,6 @@ def fluent_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking URI (read by fluent calls such as `log_model` and
     `load_model`) at `uri` for a block, then put back both it and $MLFLOW_TRACKING_URI, which
     `set_tracking_uri` also writes (MLflow's own `_use_tracking_uri` would unset a user's)."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
 
     before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(resolve_uri(uri))
@@ -228,10 +228,6 @@ def _end(run: Run, monitor, status: str) -> None:
 
 def system_monitor(uri: str, run_id: str, interval: float, resumed: str | None):
     """MLflow's own system-metrics monitor for a run we created by id (not a fluent run)."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError as e:  # psutil is a dependency of sweeplab; say so if it went missing
-        raise TrackingError(f"tracking.system_metrics=true needs psutil: {e}") from None
     monitor = SystemMetricsMonitor(
         run_id,
         sampling_interval=interval,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import equalize
 
 Augment = Callable[
     [torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]
@@ -194,7 +195,6 @@ def _autocontrast(x, m):
 
 
 def _equalize(x, m):
-    from torchvision.transforms.v2.functional import equalize
 
     return equalize((x * 255).round().to(torch.uint8)).float() / 255
 

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torchvision
+from filelock import FileLock
 from omegaconf import DictConfig
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from sweeplab.errors import SweeplabError
 
@@ -256,7 +263,6 @@ def _read_torchvision(name: str, root: str, download: bool, train: bool):
 
 
 def _open_torchvision(name: str, root: str, train: bool, download: bool):
-    import torchvision
 
     cls = getattr(torchvision.datasets, TORCHVISION_SETS[name][0])
     return cls(root=root, train=train, download=download)
@@ -265,7 +271,6 @@ def _open_torchvision(name: str, root: str, train: bool, download: bool):
 def download_lock(root: str, name: str):
     """One process at a time downloads `name` into `root`: parallel sweep jobs (or two sweeps)
     wait here, then find the files there and skip the download."""
-    from filelock import FileLock
 
     Path(root).mkdir(parents=True, exist_ok=True)
     return FileLock(str(Path(root) / f".sweeplab-{name}.lock"))
@@ -365,14 +370,11 @@ class ImageFile:
     values exactly; torchvision's Grayscale of the RGB image rounds some of them down by 1.)"""
 
     def __init__(self, in_channels: int, image_size: int):
-        from torchvision.transforms import v2
 
         self.mode, self.size = ("L" if in_channels == 1 else "RGB"), image_size
         self.fit = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
 
     def __call__(self, path: str | Path) -> torch.Tensor:
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
 
         try:
             with Image.open(path) as image:
@@ -395,8 +397,6 @@ WIDE_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 def _to_8_bits(image):
     """A 16-bit grey image as 8-bit grey: value * 255 / 65535, rounded."""
-    import numpy as np
-    from PIL import Image
 
     wide = np.asarray(image).astype(np.float64)
     return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
@@ -404,7 +404,6 @@ def _to_8_bits(image):
 
 def _read_image_folders(base: Path, read_file: ImageFile) -> tuple[Path, Any, dict[str, Any]]:
     """(train folder, its ImageFolder, {"val"/"test": ImageFolder} for those that exist)."""
-    from torchvision.datasets import ImageFolder
 
     def read(folder: Path) -> ImageFolder:
         try:

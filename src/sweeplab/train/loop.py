@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from sweeplab.errors import SweeplabError
 
@@ -160,7 +161,6 @@ class Progress:
     TTY check), where the epoch line says it all."""
 
     def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 

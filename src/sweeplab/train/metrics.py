@@ -1,12 +1,6 @@
-"""Per-class metrics from a confusion matrix, and its plot.
-
-(Loss and accuracy curves are MLflow's own charts of the per-epoch metrics; a per-run
-curves.png cost ~0.22 s per job and showed the same, see docs/benchmarks.md.)
-"""
+"""Per-class metrics from a confusion matrix (its plot: sweeplab.track.plots)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -39,38 +33,3 @@ def macro_metrics(table: dict[str, list], prefix: str = "test") -> dict[str, flo
     average="macro" with zero_division=0)."""
     n = max(len(table["class"]), 1)
     return {f"{prefix}_macro_{k}": sum(table[k]) / n for k in ("precision", "recall", "f1")}
-
-
-def pyplot(path: Path):
-    """matplotlib.pyplot on the file-only Agg backend, with `path`'s folder created."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return plt
-
-
-def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path) -> Path:
-    plt = pyplot(path)
-    n = len(classes)
-    size = min(4 + 0.45 * n, 20)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(confusion.numpy(), cmap="Blues")
-    if n <= 30:
-        ax.set_xticks(range(n), classes, rotation=90)
-        ax.set_yticks(range(n), classes)
-        top = confusion.max().item() or 1
-        for i in range(n):
-            for j in range(n):
-                v = confusion[i, j].item()
-                color = "white" if v > top / 2 else "black"
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("test confusion matrix (best checkpoint)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from sweeplab.errors import SweeplabError
+from sweeplab.train.checkpoint import CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,6 @@ def torchvision_model(
     weights: None (random init), a torchvision weights name such as "IMAGENET1K_V1" (downloaded
     to $TORCH_HOME once), or the path to a state_dict / sweeplab checkpoint file.
     """
-    import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):
         known = ", ".join(torchvision.models.list_models(module=torchvision.models))
@@ -103,7 +104,6 @@ def _looks_like_path(weights: str) -> bool:
 def _pretrained(name: str, weights: str | None):
     if weights is None:
         return None
-    import torchvision
 
     enum = torchvision.models.get_model_weights(name)
     if weights not in enum.__members__:
@@ -180,7 +180,6 @@ def load_weights_file(model: nn.Module, path: Path, head_name: str) -> None:
     The head is skipped when its shape differs (transfer learning), a first conv with another
     channel count is adapted; anything else that does not fit is an error naming the keys.
     """
-    from sweeplab.train.checkpoint import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path)
