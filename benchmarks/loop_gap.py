@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from sweeplab.train.augment import Normalize
-from sweeplab.train.data import TensorSplit
 from sweeplab.train.loop import train_epoch
 from sweeplab.train.models import simple_cnn
 from sweeplab.train.optim import constant_lr
+from sweeplab.train.splits import TensorSplit
 
 CPU = torch.device("cpu")
 SHAPES = {"mnist": (1, 28, (0.1307,), (0.3081,)), "cifar": (3, 32, (0.5,) * 3, (0.25,) * 3)}

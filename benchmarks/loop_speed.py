@@ -31,10 +31,10 @@ import torch
 
 from sweeplab.train import augment as aug
 from sweeplab.train import mixing
-from sweeplab.train.data import TensorSplit
 from sweeplab.train.loop import train_epoch
 from sweeplab.train.models import simple_cnn
 from sweeplab.train.optim import constant_lr
+from sweeplab.train.splits import TensorSplit
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CPU = torch.device("cpu")

@@ -5,7 +5,7 @@ every launch pays on an existing store (issue 20).
 
 Side by side, in one process with MLflow already imported, alternating, each round in a new
 folder: (a) MLflow's own creation, `MlflowClient(sqlite:///...).search_experiments()` on a
-missing file (in place, not atomic); (b) sweeplab's `store.ensure_mlflow_schema` (built under
+missing file (in place, not atomic); (b) sweeplab's `store_schema.ensure_mlflow_schema` (built under
 a temporary name, linked into place), then the same first client call. Then (c) the check of
 an existing, current store, as every launch does it.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from sweeplab.track import store
+from sweeplab.track import store_schema
 
 
 def in_place(folder: Path) -> float:
@@ -31,7 +31,7 @@ def in_place(folder: Path) -> float:
 
 def whole(folder: Path) -> float:
     start = time.perf_counter()
-    store.ensure_mlflow_schema(folder / "mlflow.db")
+    store_schema.ensure_mlflow_schema(folder / "mlflow.db")
     MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
     return time.perf_counter() - start
 
@@ -51,7 +51,7 @@ def main() -> None:
         checks = []
         for _ in range(20):
             start = time.perf_counter()
-            store.ensure_mlflow_schema(root / "b0" / "mlflow.db")
+            store_schema.ensure_mlflow_schema(root / "b0" / "mlflow.db")
             checks.append(time.perf_counter() - start)
     med_a, med_b = statistics.median(a), statistics.median(b)
     print(

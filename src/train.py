@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sweeplab.config.schema import command_line_problem
+from sweeplab.config.command_line import command_line_problem
 from sweeplab.errors import SweeplabError
 
 

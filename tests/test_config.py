@@ -10,8 +10,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import GROUPS, compose_cfg
 from sweeplab.config.schema import ConfigError, validate
-from sweeplab.train.data import DatasetError
 from sweeplab.train.optim import build_optimizer
+from sweeplab.train.splits import DatasetError
 from sweeplab.train.trainer import build
 
 
@@ -253,7 +253,7 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
 )
 def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem, tmp_path):
     from conftest import CONF
-    from sweeplab.config.schema import command_line_problem
+    from sweeplab.config.command_line import command_line_problem
 
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import REPO, compose_cfg
-from sweeplab.train.data import DatasetError, TensorSplit, split_train_val
 from sweeplab.train.loop import evaluate
+from sweeplab.train.splits import DatasetError, TensorSplit, split_train_val
 from sweeplab.train.trainer import build
 
 CPU = torch.device("cpu")
@@ -254,7 +254,7 @@ def test_16_bit_grey_images_are_scaled_not_clamped(tmp_path, channels):
     import numpy as np
     from PIL import Image
 
-    from sweeplab.train.data import ImageFile
+    from sweeplab.train.images import ImageFile
 
     wide = (np.arange(64 * 64, dtype=np.float64).reshape(64, 64) * 16).astype(np.uint16)
     path = tmp_path / "scan.png"
@@ -269,7 +269,7 @@ def test_16_bit_grey_images_are_scaled_not_clamped(tmp_path, channels):
 def test_a_broken_image_in_a_training_folder_is_named_in_one_line(small_cfg, image_folder):
     """Reliability 20: a truncated JPEG was a DataLoader-worker traceback naming no file."""
     from sweeplab.job import train
-    from sweeplab.train.data import UnreadableImage
+    from sweeplab.train.images import UnreadableImage
 
     bad = image_folder / "train" / "digit1" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF truncated")

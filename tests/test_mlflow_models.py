@@ -320,7 +320,7 @@ def test_an_image_folder_run_records_its_files_and_predict_reads_them_as_trainin
 def test_sweep_register_and_predict_mnist_pngs_with_the_runs_test_accuracy(tmp_path, data_dir):
     from mlflow import MlflowClient
 
-    from sweeplab.sweep.report import main as report_main
+    from sweeplab.cli.report import main as report_main
 
     env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir)}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -12,7 +12,8 @@ from test_reliability import SLOW, start
 from test_sweep import parent_and_children, sweep
 
 from sweeplab.config.identity import SEED, config_hash
-from sweeplab.sweep.report import Row, markdown, plot_test_acc
+from sweeplab.sweep.leaderboard import Row
+from sweeplab.sweep.render import markdown, plot_test_acc
 from sweeplab.sweep.seeds import seed_groups, seeds_csv
 from sweeplab.track.tags import SEEDLESS_TAG
 

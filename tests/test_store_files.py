@@ -24,7 +24,7 @@ from sqlalchemy import event
 
 from conftest import REPO, TRAIN_SCRIPT, store_client
 from sweeplab.sweep import study
-from sweeplab.track import sqlite_db, store
+from sweeplab.track import sqlite_db, store_schema
 from sweeplab.track.tracking import TrackingError
 
 HELPERS = REPO / "tests" / "helpers"
@@ -64,7 +64,7 @@ class Statements:
 
 
 def state(db: Path) -> str:
-    return store.schema_problem(db)[0]
+    return store_schema.schema_problem(db)[0]
 
 
 # --- created whole --------------------------------------------------------------------------
@@ -73,9 +73,9 @@ def state(db: Path) -> str:
 def test_16_a_new_store_is_complete_and_nothing_else_is_left(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     with Statements(".creating-") as seen:
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
     assert seen.n > 100  # it was built under the temporary name, not in place
-    assert state(db) == "current" and not store.holds_data(db)
+    assert state(db) == "current" and not store_schema.holds_data(db)
     assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
 
 
@@ -83,9 +83,9 @@ def test_16_a_new_store_is_complete_and_nothing_else_is_left(tmp_path):
 def test_16_creation_interrupted_at_any_moment_leaves_no_store_then_the_next_succeeds(at, tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     with Statements(".creating-", at), pytest.raises(KeyboardInterrupt):
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
     assert list(db.parent.iterdir()) == []  # no store, no temporary file, no journal
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current"
     client = store_client(db.parent)
     client.create_experiment("after")
@@ -97,7 +97,7 @@ def test_16_temporaries_of_a_killed_creation_are_removed_at_the_next_start(tmp_p
     leftover = tmp_path / f".mlflow.db{sqlite_db.CREATING}4242-abcd"
     leftover.write_bytes(b"SQLite format 3\x00" + bytes(200))  # what SIGKILL leaves
     Path(f"{leftover}-journal").write_bytes(b"x")
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
 
 
@@ -168,7 +168,7 @@ def test_16_a_second_client_opening_the_store_while_sweeplab_creates_it(tmp_path
         assert others[0].wait(120) == 0, others[0].stderr.read()[-2000:]
 
     with Statements(".creating-", 700, open_it_now):
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
     assert others and state(db) == "current"
     assert store_client(tmp_path).get_experiment_by_name("made-by-the-other-client")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
@@ -189,7 +189,7 @@ def test_16_a_store_another_client_is_creating_in_place_is_waited_for(tmp_path):
     while not mark.exists() and other.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert mark.exists() and state(db) != "current"  # looked at while half-made
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert other.wait(120) == 0, other.stderr.read()[-2000:]
     assert state(db) == "current"
     assert store_client(tmp_path).get_experiment_by_name("theirs") is not None
@@ -202,7 +202,7 @@ def mlflow_in_place(db: Path, at: int) -> None:
     """MLflow's own creation, in place, stopped at its `at`-th statement: the half-made file
     every launch used to trip over."""
     with Statements(db.name, at), pytest.raises(KeyboardInterrupt):
-        store.mlflow_tables(f"sqlite:///{db}")
+        store_schema.mlflow_tables(f"sqlite:///{db}")
 
 
 @pytest.mark.parametrize("at", [50, 600, 1300])
@@ -213,7 +213,7 @@ def test_16_an_empty_half_made_store_is_rebuilt_or_finished_with_one_log_line(at
     db = tmp_path / "mlflow.db"
     mlflow_in_place(db, at)
     assert state(db) != "current"
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current"
     (line,) = [r.getMessage() for r in caplog.records if r.name == "sweeplab.track.store"]
     assert "held no runs: made it anew" in line or "upgraded to the installed" in line
@@ -240,14 +240,14 @@ def test_16_a_half_migrated_store_with_runs_is_refused_and_the_printed_repair_wo
     content = db.read_bytes()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TrackingError) as e:
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
     message = str(e.value)
     assert "holds runs, so sweeplab leaves it untouched" in message and "\n" not in message
     assert db.read_bytes() == content
     repair = message.split("`")[1]
     assert repair == "mv mlruns/mlflow.db mlruns/mlflow.db.broken"
     subprocess.run(shlex.split(repair), cwd=tmp_path, check=True)
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current"
     # the new store is empty; the file moved aside keeps the run's rows
     assert sqlite_db.scalar(db, "select count(*) from runs") == 0
@@ -260,7 +260,7 @@ def test_16_a_store_of_a_newer_mlflow_is_refused(tmp_path):
     with sqlite3.connect(db) as c:
         c.execute("update alembic_version set version_num = 'ffffffffffff'")
     with pytest.raises(TrackingError, match=r"unknown to the installed MLflow.*pip install -U"):
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
 
 
 def older_store(db: Path, revision: str) -> None:
@@ -292,7 +292,7 @@ def test_16_an_older_store_is_upgraded_on_a_copy_and_keeps_its_experiments(tmp_p
     older_store(db, "cbc13b556ace")
     assert state(db) == "older"
     inode = db.stat().st_ino
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current" and db.stat().st_ino != inode  # a new file, moved in place
     assert store_client(tmp_path).get_experiment_by_name("from-an-older-mlflow") is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
@@ -304,11 +304,11 @@ def test_16_an_interrupted_upgrade_leaves_the_older_store_as_it_was(tmp_path):
     older_store(db, "cbc13b556ace")
     content = db.read_bytes()
     with Statements(".creating-", 400), pytest.raises(KeyboardInterrupt):
-        store.ensure_mlflow_schema(db)
+        store_schema.ensure_mlflow_schema(db)
     assert db.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == [
         "mlflow.db"
     ]
-    store.ensure_mlflow_schema(db)
+    store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current"
 
 

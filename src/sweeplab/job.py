@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.config.identity import config_hash
-from sweeplab.config.schema import ConfigError, in_multirun, launch_dir, option, validate
+from sweeplab.config.resolvers import in_multirun, launch_dir
+from sweeplab.config.schema import ConfigError, option, validate
 from sweeplab.sweep.jobs import Plan, plan_for
 from sweeplab.sweep.placement import job_placement
 from sweeplab.sweep.search import TrialReporter

@@ -2,7 +2,7 @@
 
 MODEL is `models:/NAME@best`, `models:/NAME/VERSION`, `models:/<model id>` or a run id (the
 model that run logged). PATHs are image files or folders (searched recursively). Each image is
-read exactly as image folders are read in training (`data.ImageFile`: the model's channels, the
+read exactly as image folders are read in training (`images.ImageFile`: the model's channels, the
 short side resized to the model's image size, centre-cropped) and given to the model as uint8:
 the model normalises it itself. Writes one CSV row per image: file, class, probability.
 """
@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from sweeplab.errors import SweeplabError
 from sweeplab.track import logged_model, tracking
-from sweeplab.train.data import ImageFile, UnreadableImage
+from sweeplab.train.images import ImageFile, UnreadableImage
 
 log = logging.getLogger("sweeplab")
 

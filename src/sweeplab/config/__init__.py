@@ -4,4 +4,4 @@ Importing any of it registers the schema (`train_schema`) and the resolvers with
 conf/train.yaml needs before it composes.
 """
 
-from sweeplab.config import schema  # noqa: F401
+from sweeplab.config import resolvers, schema  # noqa: F401

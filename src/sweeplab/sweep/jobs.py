@@ -25,21 +25,28 @@ from omegaconf import DictConfig
 
 from sweeplab.config.identity import SEED, sweep_id
 from sweeplab.config.redact import redact_logs, redact_override, redacted_overrides, typed_overrides
-from sweeplab.config.schema import ConfigError, abspath, in_multirun, validate
+from sweeplab.config.resolvers import abspath, in_multirun
+from sweeplab.config.schema import ConfigError, validate
 from sweeplab.errors import SweeplabError
 from sweeplab.sweep import report
 from sweeplab.sweep.search import OPTUNA_SWEEPER, check_search
 from sweeplab.track import store, tracking
 from sweeplab.track.params import relativize_paths
 from sweeplab.track.tags import (
+    COMMAND,
+    CONFIG_HASH,
+    LAUNCHES,
     PARENT_ENV,
     PRUNED_TAG,
     ROLE_TAG,
+    SWEEP_ID,
     SWEEP_ID_ENV,
+    SWEPT,
     SWEPT_KEYS_ENV,
     process_tags,
     sweep_tags,
 )
+from sweeplab.track.tracking import runs_where
 from sweeplab.train.data import fetch_dataset_files
 
 log = logging.getLogger("sweeplab")
@@ -92,11 +99,7 @@ def plan_job(uri: str, experiment_id: str, config_hash: str, rerun_finished: boo
     for stale in store.mark_stale_runs(uri, experiment_id, config_hash):
         log.warning("run %s of this config was left RUNNING by a dead process: KILLED", stale)
     client = tracking.client(uri)
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`sweeplab.config_hash` = '{config_hash}'",
-        order_by=["attributes.start_time DESC"],
-    )
+    runs = runs_where(client, [experiment_id], {CONFIG_HASH: config_hash})
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if finished and not rerun_finished:
         return Plan("skip", finished[0].info.run_id, dict(finished[0].data.metrics))
@@ -122,14 +125,13 @@ def _has_last_checkpoint(client, run) -> bool:
 def open_parent(uri: str, experiment_id: str, sid: str, name: str, tags: dict) -> str:
     """The sweep's parent run: created on first launch, reopened (RUNNING) on a re-launch."""
     client = tracking.client(uri)
-    query = f"tags.`sweeplab.sweep_id` = '{sid}' and tags.`{ROLE_TAG}` = 'sweep'"
-    found = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
-    tags = {**tags, ROLE_TAG: "sweep", "sweeplab.sweep_id": sid, **process_tags()}
+    found = runs_where(client, [experiment_id], {SWEEP_ID: sid, ROLE_TAG: "sweep"})
+    tags = {**tags, ROLE_TAG: "sweep", SWEEP_ID: sid, **process_tags()}
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
-        launches = int(found[0].data.tags.get("sweeplab.launches", "1")) + 1
-        tracking.Run(client, run_id).set_tags({**tags, "sweeplab.launches": str(launches)})
+        launches = int(found[0].data.tags.get(LAUNCHES, "1")) + 1
+        tracking.Run(client, run_id).set_tags({**tags, LAUNCHES: str(launches)})
         return run_id
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
@@ -188,8 +190,8 @@ class PrepareStoreCallback(Callback):
         command = " ".join(["python", *(shlex.quote(redact_override(a)) for a in sys.argv)])
         command = relativize_paths(command, abspath("."))
         tags = {
-            "sweeplab.command": command,
-            "sweeplab.swept": ",".join(keys),
+            COMMAND: command,
+            SWEPT: ",".join(keys),
             "hydra.sweep_dir": relativize_paths(abspath(config.hydra.sweep.dir), abspath(".")),
             "hydra.sweeper": str(config.hydra.sweeper.get("_target_")).rsplit(".", 1)[-1],
             "hydra.launcher": str(config.hydra.launcher.get("_target_")).rsplit(".", 1)[-1],

@@ -11,7 +11,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-from sweeplab.config.schema import in_multirun
+from sweeplab.config.resolvers import in_multirun
 
 log = logging.getLogger("sweeplab")
 

@@ -15,7 +15,7 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from sweeplab.config.schema import in_multirun
+from sweeplab.config.resolvers import in_multirun
 from sweeplab.sweep.space import SearchError, as_list, is_listed, search_space
 from sweeplab.sweep.study import (
     check_study,

@@ -23,11 +23,11 @@ from optuna.visualization import matplotlib as ov
 
 from sweeplab.config.identity import sweep_id
 from sweeplab.config.redact import redact_override
-from sweeplab.config.schema import launch_dir
+from sweeplab.config.resolvers import launch_dir
 from sweeplab.sweep.space import SearchError, shown
 from sweeplab.track import sqlite_db
 from sweeplab.track.params import relativize_paths
-from sweeplab.track.tags import SWEEP_ID_ENV
+from sweeplab.track.tags import OBJECTIVES, PARETO_TRIALS, SWEEP_ID_ENV
 from sweeplab.track.tracking import is_local, resolve_uri
 
 log = logging.getLogger("sweeplab")
@@ -140,7 +140,7 @@ def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: lis
     tags = {
         "optuna.study": study.study_name,
         "optuna.storage": display_url(storage),
-        "sweeplab.objectives": ",".join(objectives),
+        OBJECTIVES: ",".join(objectives),
     }
     if done and len(study.directions) == 1:
         best = study.best_trial
@@ -152,7 +152,7 @@ def log_results(study, parent_run, storage: str, sweep_dir: str, objectives: lis
         results["solutions"] = [
             {"trial": t.number, "params": t.params, "values": t.values} for t in front
         ]
-        tags["sweeplab.pareto_trials"] = ",".join(str(t.number) for t in front)
+        tags[PARETO_TRIALS] = ",".join(str(t.number) for t in front)
     parent_run.set_tags(tags)
     path = os.path.join(sweep_dir, "optimization_results.yaml")
     OmegaConf.save(OmegaConf.create(results), path)

@@ -20,9 +20,10 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.types import Schema, TensorSpec
 from omegaconf import DictConfig
 
-from sweeplab.config.schema import launch_dir
+from sweeplab.config.resolvers import launch_dir
 from sweeplab.track.params import relativize_paths
-from sweeplab.train.data import TORCHVISION_SETS, Data, TensorSplit
+from sweeplab.train.data import TORCHVISION_SETS
+from sweeplab.train.splits import Data, TensorSplit
 
 SPLITS = ("train", "val", "test")
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own tag: the UI shows it beside the dataset

@@ -35,10 +35,11 @@ from mlflow.types import Schema, TensorSpec
 from omegaconf import OmegaConf
 from torch import nn
 
-from sweeplab.config.schema import launch_dir
+from sweeplab.config.resolvers import launch_dir
 from sweeplab.errors import SweeplabError
 from sweeplab.track import tracking
 from sweeplab.track.params import flatten_config
+from sweeplab.track.tags import MODEL_ERROR
 
 log = logging.getLogger("sweeplab")
 
@@ -137,7 +138,7 @@ def log_best_model(
         client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step)])
     except Exception as e:
         client.finalize_logged_model(model.model_id, "FAILED")
-        run.set_tags({"sweeplab.model_error": f"{type(e).__name__}: {e}"[:500]})
+        run.set_tags({MODEL_ERROR: f"{type(e).__name__}: {e}"[:500]})
         log.warning("could not log the best model as an MLflow model: %s: %s", type(e).__name__, e)
         return None
     return model.model_id

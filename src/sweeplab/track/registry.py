@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from sweeplab.errors import SweeplabError
 from sweeplab.track import tracking
 from sweeplab.track.logged_model import model_uri
+from sweeplab.track.tags import REPRODUCE, SWEEP_ID
 
 BEST_ALIAS = "best"
 
@@ -22,21 +23,20 @@ class RegistryError(SweeplabError):
     """Nothing to register (no finished run, no logged model) or the registry refused."""
 
 
-def register_best(uri: str, parent, name: str):
-    """Register the logged model of the best FINISHED run of the sweep whose parent run is
-    `parent` (as the report ranked it) as a new version of `name`; alias `best` -> it."""
-
-    client = tracking.client(uri)
-    tags = client.get_run(parent.info.run_id).data.tags  # the report has just set best_run_id
-    sid, best_id = tags.get("sweeplab.sweep_id", ""), tags.get("sweeplab.best_run_id")
-    if not best_id:
+def register_best(uri: str, sid: str, best_run, name: str):
+    """Register the logged model of `best_run` (the best FINISHED run of sweep `sid`, as its
+    report ranked it: anything with a run_id, or None) as a new version of `name`; alias
+    `best` -> it."""
+    if best_run is None:
         raise RegistryError(f"sweep {sid} has no FINISHED run, so no best model to register")
+    client = tracking.client(uri)
+    best_id = best_run.run_id
     best = client.get_run(best_id)
     source = model_uri(client, best_id)
     version_tags = {
-        "sweeplab.sweep_id": sid,
+        SWEEP_ID: sid,
         "sweeplab.run_id": best_id,
-        "sweeplab.reproduce": best.data.tags.get("sweeplab.reproduce", ""),
+        REPRODUCE: best.data.tags.get(REPRODUCE, ""),
         "sweeplab.reproduce_run": f"sweeplab-rerun {best_id}",
     }
     metrics = best.data.metrics

@@ -17,10 +17,26 @@ from omegaconf import DictConfig
 from sweeplab.config import identity
 from sweeplab.config.identity import override_key, semantic_overrides
 from sweeplab.config.redact import env_sourced_keys, redact_flat, redacted_overrides
-from sweeplab.config.schema import in_multirun, launch_dir
+from sweeplab.config.resolvers import in_multirun, launch_dir
 from sweeplab.track import environment
 from sweeplab.track.params import git_state, relativize_paths
 
+# Run tags (every name sweeplab writes on an MLflow run; the MLflow UI can show each as a column)
+CONFIG_HASH = "sweeplab.config_hash"  # which configuration a run is: skip / resume / group
+SWEEP_ID = "sweeplab.sweep_id"  # on a sweep's parent run and the runs it created
+SWEPT = "sweeplab.swept"  # parent run: the keys the sweep varies
+COMMAND = "sweeplab.command"  # parent run: the launch command, secrets masked
+LAUNCHES = "sweeplab.launches"  # parent run: how many times the sweep was launched
+BEST_RUN_ID = "sweeplab.best_run_id"  # parent run: the report's best FINISHED run
+OBJECTIVES = "sweeplab.objectives"  # parent run of a search: the optimised metric(s)
+PARETO_TRIALS = "sweeplab.pareto_trials"  # parent run of a multi-objective search
+HOST, PID = "sweeplab.host", "sweeplab.pid"  # the process running the job (or the sweep)
+STALE = "sweeplab.stale"  # a RUNNING run whose process was gone, marked KILLED
+RESUMED = "sweeplab.resumed"  # a run reopened to continue from its last.pt
+OVERRIDES = "sweeplab.overrides"  # the job's overrides, secrets masked
+REPRODUCE = "sweeplab.reproduce"  # the command that runs the job again
+SOURCE_RUN_ID = "sweeplab.source_run_id"  # a re-run: the run it re-ran
+MODEL_ERROR = "sweeplab.model_error"  # the best model could not be logged: why
 ROLE_TAG = "sweeplab.role"  # "sweep" on a sweep's parent run; job runs do not carry it
 # Jobs find their sweep through the environment, which joblib / submitit workers inherit.
 SWEPT_KEYS_ENV = "SWEEPLAB_SWEPT_KEYS"
@@ -40,7 +56,7 @@ TRIAL_KEYS = ("sweep.study", "sweep.trial")
 def identity_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
     """Which configuration a run is: exactly (skip / resume) and up to its seed (averaging)."""
     seedless = identity.config_hash(cfg, ignore=(identity.SEED,))
-    return {"sweeplab.config_hash": config_hash, SEEDLESS_TAG: seedless}
+    return {CONFIG_HASH: config_hash, SEEDLESS_TAG: seedless}
 
 
 def member_tag(sweep_id: str) -> str:
@@ -51,7 +67,7 @@ def member_tag(sweep_id: str) -> str:
 
 def process_tags() -> dict[str, str]:
     """Who runs this job: lets a later launch tell a dead RUNNING run from a live one."""
-    return {"sweeplab.host": socket.gethostname(), "sweeplab.pid": str(os.getpid())}
+    return {HOST: socket.gethostname(), PID: str(os.getpid())}
 
 
 def sweep_tags(run_is_new: bool) -> dict[str, str]:
@@ -61,7 +77,7 @@ def sweep_tags(run_is_new: bool) -> dict[str, str]:
         return {}
     tags = {member_tag(sid): "true"}
     if run_is_new:  # resumed / skipped runs keep the parent they were created under
-        tags.update({"mlflow.parentRunId": parent, "sweeplab.sweep_id": sid})
+        tags.update({"mlflow.parentRunId": parent, SWEEP_ID: sid})
     return tags
 
 
@@ -82,12 +98,12 @@ def job_info(cfg: DictConfig) -> tuple[str, dict[str, str]]:
             tags["hydra.sweep_dir"] = relativize_paths(hc.sweep.dir, launch_dir())
             tags["hydra.job_num"] = str(hc.job.num)
     if cfg.tracking.source_run_id:
-        tags["sweeplab.source_run_id"] = cfg.tracking.source_run_id
+        tags[SOURCE_RUN_ID] = cfg.tracking.source_run_id
     if cfg.sweep.get("trial") is not None:
         tags.update({TRIAL_TAG: str(cfg.sweep.trial), "optuna.study": str(cfg.sweep.study)})
-    tags["sweeplab.overrides"] = " ".join(overrides)
+    tags[OVERRIDES] = " ".join(overrides)
     again = [o for o in overrides if override_key(o) not in TRIAL_KEYS]
-    tags["sweeplab.reproduce"] = " ".join(["python", "src/train.py", *map(shlex.quote, again)])
+    tags[REPRODUCE] = " ".join(["python", "src/train.py", *map(shlex.quote, again)])
     if "hydra.output_dir" in tags:  # the job's saved config, run again as it was
         tags["sweeplab.reproduce_config"] = (
             f"python src/train.py --config-path $PWD/{tags['hydra.output_dir']}/.hydra "

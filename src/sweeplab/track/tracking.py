@@ -26,9 +26,9 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking._tracking_service import utils
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-from sweeplab.config.schema import abspath
+from sweeplab.config.resolvers import abspath
 from sweeplab.errors import SweeplabError
-from sweeplab.track.tags import error_tag
+from sweeplab.track.tags import RESUMED, error_tag
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,27 @@ class Run:
         repo.delete_artifacts(artifact_path)
 
 
+def tag_filter(tags: dict[str, str], status: str | None = None) -> str:
+    """An MLflow search filter: every tag equal to its value (and the run's status). Values are
+    sweeplab's own (hashes, ids, "true"): a quote in one is refused, not escaped."""
+    if any("'" in str(v) for v in tags.values()):
+        raise ValueError(f"a quote in a tag value to search for: {tags}")
+    parts = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    return " and ".join([*parts, *([f"attributes.status = '{status}'"] if status else [])])
+
+
+def runs_where(
+    client, experiment_ids: list[str], tags: dict, status: str | None = None, max_results=50_000
+) -> list:
+    """The runs whose tags have these values (and status), newest first."""
+    return client.search_runs(
+        experiment_ids,
+        tag_filter(tags, status),
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+    )
+
+
 @contextlib.contextmanager
 def fluent_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking URI (read by fluent calls such as `log_model` and
@@ -199,7 +220,7 @@ def run_to_end(
     else:
         store.update_run(resume_run_id, status="RUNNING")
         run = Run(store, resume_run_id, experiment_id)
-        run.set_tags({**tags, "sweeplab.resumed": "true"})
+        run.set_tags({**tags, RESUMED: "true"})
     monitor = None
     if system_metrics_interval:
         monitor = system_monitor(uri, run.run_id, system_metrics_interval, resume_run_id)

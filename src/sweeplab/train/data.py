@@ -9,145 +9,19 @@ normalisation are identical for every dataset (see augment.py).
 from __future__ import annotations
 
 import logging
-import math
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torchvision
 from filelock import FileLock
 from omegaconf import DictConfig
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import v2
-from torchvision.transforms.v2.functional import pil_to_tensor
+from torch.utils.data import Dataset, Subset
 
-from sweeplab.errors import SweeplabError
+from sweeplab.train.images import ImageFile, read_image_folders
+from sweeplab.train.splits import Data, DatasetError, LoaderSplit, TensorSplit, split_train_val
 
 log = logging.getLogger("sweeplab")
-
-
-class DatasetError(SweeplabError, RuntimeError):
-    """Data is missing, unreadable or does not fit the config; the message says where and why."""
-
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class TensorSplit:
-    """Images (uint8, N×C×H×W) and labels (int64) held as tensors on one device."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        assert images.dtype == torch.uint8 and images.ndim == 4, images.shape
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to_device(self, device: torch.device) -> TensorSplit:
-        return TensorSplit(self.images.to(device), self.labels.to(device))
-
-    def head(self, n: int) -> torch.Tensor:
-        """The first `n` images as they are stored (uint8), e.g. a model's input example."""
-        return self.images[:n]
-
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return _num_batches(len(self), batch_size, drop_last)
-
-    def batches(
-        self,
-        batch_size: int,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[Batch]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator).to(self.labels.device) if shuffle else None
-        for start in range(0, self.num_batches(batch_size, drop_last) * batch_size, batch_size):
-            if order is None:
-                yield (
-                    self.images[start : start + batch_size],
-                    self.labels[start : start + batch_size],
-                )
-            else:
-                idx = order[start : start + batch_size]
-                yield self.images[idx], self.labels[idx]
-
-
-class LoaderSplit:
-    """A map-style dataset of (uint8 image, label) read through DataLoader workers."""
-
-    def __init__(self, dataset: Dataset, device: torch.device, num_workers: int):
-        self.dataset, self.device, self.num_workers = dataset, device, num_workers
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def head(self, n: int) -> torch.Tensor:
-        """The first `n` images, decoded and resized like every batch (uint8)."""
-        return torch.stack([self.dataset[i][0] for i in range(min(n, len(self)))])
-
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        return _num_batches(len(self), batch_size, drop_last)
-
-    def batches(self, batch_size, shuffle=False, generator=None, drop_last=False):
-        n = len(self)
-        order = torch.randperm(n, generator=generator).tolist() if shuffle else range(n)
-        loader = DataLoader(
-            Subset(self.dataset, list(order)),
-            batch_size=batch_size,
-            drop_last=drop_last and n >= batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for x, y in loader:
-            yield (
-                x.to(self.device, non_blocking=True),
-                y.to(self.device, non_blocking=True),
-            )
-
-
-def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    # drop_last only drops a *partial* last batch (a batch of 1 breaks BatchNorm in training).
-    return n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
-
-
-@dataclass
-class Data:
-    train: TensorSplit | LoaderSplit
-    val: TensorSplit | LoaderSplit
-    test: TensorSplit | LoaderSplit
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    flips_keep_label: bool = True  # false where a mirrored image is another class (digits)
-
-
-def split_train_val(
-    n: int, val_fraction: float, train_subset: int | None, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of (train, val): val is a fixed random share of the train set, set by `seed`."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, round(n * val_fraction))
-    val, train = perm[:n_val], perm[n_val:]
-    if len(train) == 0:
-        raise DatasetError(
-            f"dataset.val_fraction={val_fraction} leaves no training images (all {n} go to "
-            "validation): lower it"
-        )
-    if train_subset is not None:
-        if train_subset > len(train):
-            raise DatasetError(
-                f"dataset.train_subset={train_subset} is larger than the {len(train)} training "
-                f"examples left after the validation split (val_fraction={val_fraction})"
-            )
-        train = train[:train_subset]
-    return train, val
 
 
 # --- torchvision datasets ----------------------------------------------------------------------
@@ -350,85 +224,6 @@ def synthetic_dataset(
 # --- image folders -------------------------------------------------------------------------
 
 
-class UnreadableImage(DatasetError):
-    """An image file PIL cannot decode. One line wherever it surfaces: a DataLoader worker's
-    error reaches the training process as this type built from a message with the worker's
-    traceback in it, whose last line is this error's own text."""
-
-    def __init__(self, message: str):
-        marker = f"{type(self).__name__}: "
-        last = message.rstrip().splitlines()[-1] if message.strip() else message
-        super().__init__(
-            last.split(marker, 1)[1] if "\n" in message and marker in last else message
-        )
-
-
-class ImageFile:
-    """How an image file becomes a model's input, in training (image folders) and in
-    `sweeplab-predict`: decoded by PIL into the dataset's channels, its short side resized to
-    `image_size` and centre-cropped square; uint8 C x H x W. (PIL's "L" keeps a grey file's
-    values exactly; torchvision's Grayscale of the RGB image rounds some of them down by 1.)"""
-
-    def __init__(self, in_channels: int, image_size: int):
-
-        self.mode, self.size = ("L" if in_channels == 1 else "RGB"), image_size
-        self.fit = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
-
-    def __call__(self, path: str | Path) -> torch.Tensor:
-
-        try:
-            with Image.open(path) as image:
-                if image.mode in WIDE_GREY:
-                    image = _to_8_bits(image)
-                x = pil_to_tensor(image.convert(self.mode))
-        # PIL: not an image, truncated, or a decompression bomb (over twice its pixel limit)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-            raise UnreadableImage(
-                f"{path}: not a readable image ({cause}); remove or replace the file"
-            ) from None
-        return x if x.shape[-2:] == (self.size, self.size) else self.fit(x)
-
-
-# PIL's modes for 16-bit grey files (PNG, TIFF): convert("L") would clamp every value above 255
-# to 255 (a medical or microscope image reads as nearly all white); they are scaled instead.
-WIDE_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
-
-
-def _to_8_bits(image):
-    """A 16-bit grey image as 8-bit grey: value * 255 / 65535, rounded."""
-
-    wide = np.asarray(image).astype(np.float64)
-    return Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8), "L")
-
-
-def _read_image_folders(base: Path, read_file: ImageFile) -> tuple[Path, Any, dict[str, Any]]:
-    """(train folder, its ImageFolder, {"val"/"test": ImageFolder} for those that exist)."""
-
-    def read(folder: Path) -> ImageFolder:
-        try:
-            return ImageFolder(str(folder), loader=read_file)
-        except (FileNotFoundError, OSError) as e:
-            raise DatasetError(f"image folder {folder}: {e}") from None
-
-    train_dir = base / "train" if (base / "train").is_dir() else base
-    if not train_dir.is_dir():
-        raise DatasetError(f"dataset.root: image folder {base} does not exist")
-    full = read(train_dir)
-    if len(full.classes) < 2:
-        raise DatasetError(f"image folder {train_dir} has {len(full.classes)} class(es); need 2+")
-    splits = {}
-    for split in ("val", "test"):
-        if (base / split).is_dir():
-            splits[split] = read(base / split)
-            if splits[split].classes != full.classes:
-                raise DatasetError(
-                    f"{base / split} has classes {splits[split].classes}, "
-                    f"but {train_dir} has {full.classes}"
-                )
-    return train_dir, full, splits
-
-
 def imagefolder_dataset(
     name: str,
     root: str,
@@ -450,7 +245,7 @@ def imagefolder_dataset(
     base = Path(root)
     if in_channels not in (1, 3):
         raise DatasetError(f"dataset.in_channels={in_channels}: image folders give 1 or 3")
-    train_dir, full, splits = _read_image_folders(base, ImageFile(in_channels, image_size))
+    train_dir, full, splits = read_image_folders(base, ImageFile(in_channels, image_size))
     n = len(full)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     taken = 0

@@ -62,17 +62,15 @@ def train_epoch(
     epoch: int = 0,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
 ) -> dict[str, float]:
-    """Train one epoch; returns train_loss, train_acc (over every image seen, against each
-    image's own label, also under mixup/cutmix), speed, the lr of the last step, and the first
-    step's time (which includes torch.compile's compilation in a compiled model)."""
+    """Train one epoch: train_loss, train_acc (every image seen, against its own label, also
+    under mixup/cutmix), speed, last lr, first step's time (with torch.compile's compiling)."""
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    seen, first_step_time_s = 0, 0.0
+    seen, first_step_time_s, step, lr = 0, 0.0, -1, optimizer.param_groups[0]["lr"]
     check_every = CHECK_EVERY if device.type == "cuda" else 1
-    step, lr = -1, optimizer.param_groups[0]["lr"]
     _sync(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
@@ -84,14 +82,7 @@ def train_epoch(
         nonfinite |= ~torch.isfinite(reduce(loss.detach().float().clone()))  # any rank's NaN
         if (step + 1) % check_every == 0:
             _raise_if(nonfinite, epoch, step, check_every)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # a disabled scaler (no fp16) passes everything through
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]  # what this step used (a float: no device sync)
+        lr = _optimizer_step(model, loss, optimizer, scaler, grad_clip)
         scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -104,16 +95,28 @@ def train_epoch(
     _raise_if(nonfinite, epoch, step, check_every)
     _sync(device)
     seconds = time.perf_counter() - start
-    loss_sum, correct = reduce(loss_sum), reduce(correct)
     seen = int(reduce(torch.tensor(seen, device=device)))
     return {
-        "train_loss": loss_sum.item() / max(seen, 1),
-        "train_acc": correct.item() / max(seen, 1),
+        "train_loss": reduce(loss_sum).item() / max(seen, 1),
+        "train_acc": reduce(correct).item() / max(seen, 1),
         "epoch_time_s": seconds,
         "train_images_per_s": seen / seconds if seconds > 0 else 0.0,
         "lr": lr,  # of the epoch's last step
         "first_step_time_s": first_step_time_s,
     }
+
+
+def _optimizer_step(model, loss, optimizer, scaler, grad_clip: float | None) -> float:
+    """Backward through the scaler (a disabled one, without fp16, passes everything through),
+    clip, step; returns the lr this step used (a float: no device sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return optimizer.param_groups[0]["lr"]
 
 
 def _raise_if(nonfinite: torch.Tensor, epoch: int, step: int, check_every: int) -> None:
