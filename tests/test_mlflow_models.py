@@ -190,9 +190,7 @@ def test_log_model_false_logs_no_model_and_predict_says_why(small_cfg, client, t
     assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_a_model_that_cannot_be_exported_fails_alone(
-    small_cfg, client, monkeypatch, caplog, empty_graph_cache
-):
+def test_a_model_that_cannot_be_exported_fails_alone(small_cfg, client, monkeypatch, caplog):
     def unsupported(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 

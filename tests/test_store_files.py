@@ -209,13 +209,13 @@ def mlflow_in_place(db: Path, at: int) -> None:
 def test_16_an_empty_half_made_store_is_rebuilt_or_finished_with_one_log_line(at, tmp_path, caplog):
     """Where the interrupted creation's migrations can be finished (on a copy) they are;
     otherwise the empty store is made anew. Either way one line says so."""
-    caplog.set_level(logging.INFO, logger="sweeplab.track.store")
+    caplog.set_level(logging.INFO, logger="sweeplab.track.store_schema")
     db = tmp_path / "mlflow.db"
     mlflow_in_place(db, at)
     assert state(db) != "current"
     store_schema.ensure_mlflow_schema(db)
     assert state(db) == "current"
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "sweeplab.track.store"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sweeplab.track.store_schema"]
     assert "held no runs: made it anew" in line or "upgraded to the installed" in line
     store_client(tmp_path).create_experiment("works")
 
