@@ -155,11 +155,13 @@ def test_no_function_is_longer_than_60_lines(module):
 ALL_SOURCES = sorted(SRC.rglob("*.py"))
 MAX_MODULE_LINES = 300
 # The only imports inside functions, each for start-up time: Hydra imports every plugin module
-# at start-up (also for --help), and --help / --cfg job need no torch, MLflow or Optuna.
+# at start-up (also for --help), --help / --cfg job need no torch, MLflow or Optuna, and bad
+# input is refused before they load.
 LAZY_IMPORTS = {
     ("hydra_plugins/sweeplab_sweepers/optuna_sweeper.py", "__init__"),
     ("hydra_plugins/sweeplab_sweepers/basic_sweeper.py", "setup"),
     ("train.py", "main"),
+    ("sweeplab/sweep/callback.py", "_valid"),  # Hydra's callback: after validation
 }
 # torch's documented global switches, set by assignment (torch.backends.cudnn.benchmark = ...)
 SWITCHES = ("torch.backends.",)

@@ -17,17 +17,14 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeplab.config.identity import SEED, sweep_id
-from sweeplab.config.redact import redact_logs, redact_override, redacted_overrides, typed_overrides
+from sweeplab.config.redact import redact_override, redacted_overrides, typed_overrides
 from sweeplab.config.resolvers import abspath, in_multirun
-from sweeplab.config.schema import ConfigError, validate
-from sweeplab.errors import SweeplabError
+from sweeplab.config.schema import ConfigError
 from sweeplab.sweep import report
 from sweeplab.sweep.search import OPTUNA_SWEEPER, check_search
 from sweeplab.track import store, tracking
@@ -136,52 +133,43 @@ def open_parent(uri: str, experiment_id: str, sid: str, name: str, tags: dict) -
     return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
-# --- Hydra callback: once per run or sweep, in the launching process ----------------------
+# --- a run's or sweep's start and end, in the launching process (sweep/callback.py) ----------
 
 
-class PrepareStoreCallback(Callback):
-    """Hydra callback: set up store and experiment once, and download the dataset if it is
-    missing, before any job of a run or sweep; for a sweep also its parent run, and the report
-    when the sweep ends (even if jobs failed).
+class SweepLifecycle:
+    """What sweeplab's Hydra callback does once the config is valid: set up store and
+    experiment once, and download the dataset if it is missing, before any job of a run or
+    sweep; for a sweep also its parent run, and the report when the sweep ends (even if jobs
+    failed). Bad input raises SweeplabError before anything is created."""
 
-    The config is validated first, so bad input ends with one message and creates nothing.
-    """
+    def __init__(self) -> None:
+        self.parent_id: str | None = None  # a sweep's parent run, once it exists
+        self.finished = False
 
-    def _prepare(self, config: DictConfig, output_dir: str, multirun: bool = False) -> str:
-        try:
-            validate(config)
-            sweeper = str(config.hydra.sweeper.get("_target_", ""))
-            if multirun and sweeper.endswith(OPTUNA_SWEEPER):
-                check_search(config)  # before the parent run: a mistake creates nothing
-            store.ensure_writable(abspath(output_dir), "hydra output dir")
-            if not config.sweep.dry_run:  # one download, here, not one per job
-                fetch_dataset_files(config.dataset)
-            t = config.tracking
-            return store.prepare_store(t.uri, t.root, t.experiment)
-        except SweeplabError as e:
-            _stop(e)
+    def prepare(self, config: DictConfig, output_dir: str, multirun: bool = False) -> str:
+        sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if multirun and sweeper.endswith(OPTUNA_SWEEPER):
+            check_search(config)  # before the parent run: a mistake creates nothing
+        store.ensure_writable(abspath(output_dir), "hydra output dir")
+        if not config.sweep.dry_run:  # one download, here, not one per job
+            fetch_dataset_files(config.dataset)
+        t = config.tracking
+        return store.prepare_store(t.uri, t.root, t.experiment)
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        redact_logs("mlflow")
-        self._prepare(config, config.hydra.run.dir)
+    def on_run_start(self, config: DictConfig) -> None:
+        self.prepare(config, config.hydra.run.dir)
 
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        redact_logs("mlflow")  # a job's own log handlers (Hydra sets them up per job)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        redact_logs("mlflow")
+    def on_multirun_start(self, config: DictConfig) -> None:
         keys = swept_keys(typed_overrides(config.hydra.overrides.task))
         keys += [str(k) for k in (config.hydra.sweeper.get("params") or {}) if str(k) not in keys]
         if config.sweep.seeds > 1:  # the sweeper adds trainer.seed=s,s+1,...: one more swept key
             if SEED in keys:
-                _stop(
-                    ConfigError(
-                        f"sweep.seeds={config.sweep.seeds} runs every configuration "
-                        f"with that many seeds: do not also sweep {SEED}"
-                    )
+                raise ConfigError(
+                    f"sweep.seeds={config.sweep.seeds} runs every configuration "
+                    f"with that many seeds: do not also sweep {SEED}"
                 )
             keys.append(SEED)
-        experiment_id = self._prepare(config, config.hydra.sweep.dir, multirun=True)
+        experiment_id = self.prepare(config, config.hydra.sweep.dir, multirun=True)
         # Jobs name their runs after the swept keys only; workers inherit the environment.
         os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
         if config.sweep.dry_run:
@@ -204,22 +192,15 @@ class PrepareStoreCallback(Callback):
         os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = self.parent_id, sid
         log.info("sweep %s: parent run %s", sid, self.parent_id)
         # Hydra skips on_multirun_end when a job failed: atexit runs in every case but SIGKILL.
-        atexit.register(self._finish)
+        atexit.register(self.finish)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # One rule for every sweep: a failed job makes the launch exit 1. Hydra's grid sweeper
-        # raises the job's error itself (and skips this hook); a search goes on past failed
-        # trials and ends here.
-        if self._finish():
-            sys.exit(1)
-
-    def _finish(self) -> bool:
-        """Report, failed-job summary and parent status; once, whichever hook comes first.
-        True when jobs failed."""
-        if getattr(self, "finished", False) or not hasattr(self, "parent_id"):
+    def finish(self) -> bool:
+        """Report, failed-job summary and parent status; once, whichever comes first (the
+        callback's on_multirun_end or atexit). True when jobs failed."""
+        if self.finished or self.parent_id is None:
             return False
         self.finished = True
-        try:  # jobs that failed before their run existed have a FAILED run (runner.train)
+        try:  # jobs that failed before their run existed have a FAILED run (job.train)
             rows = report.finish_sweep(self.uri, self.parent_id, self.sweep_dir, self.register)
         except Exception as e:  # a broken report must never hide the sweep's own outcome
             log.error("sweep report failed: %s: %s", type(e).__name__, e)
@@ -230,12 +211,6 @@ class PrepareStoreCallback(Callback):
             lines += [f"  {st:8s}  {over}  ->  {err}" for over, st, err in failed]
             print("\n".join(lines), file=sys.stderr)
         return bool(failed)
-
-
-def _stop(error: SweeplabError) -> None:
-    """Bad input found before any job: one line, exit 2, nothing else happens."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
