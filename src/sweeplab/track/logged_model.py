@@ -40,6 +40,7 @@ from sweeplab.errors import SweeplabError
 from sweeplab.track import tracking
 from sweeplab.track.params import flatten_config
 from sweeplab.track.tags import MODEL_ERROR
+from sweeplab.train.augment import Normalize
 
 log = logging.getLogger("sweeplab")
 
@@ -52,25 +53,17 @@ class ModelLookupError(SweeplabError, LookupError):
 
 
 class ImageClassifier(nn.Module):
-    """uint8 images -> logits: the trained network behind the dataset's normalisation."""
+    """uint8 images -> logits: the trained network behind the dataset's normalisation (the
+    training loop's own Normalize module)."""
 
     def __init__(
         self, net: nn.Module, mean: Sequence[float], std: Sequence[float], channels_last: bool
     ):
         super().__init__()
-        self.net, self.channels_last = net, channels_last
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net, self.normalize = net, Normalize(mean, std, channels_last=channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # the same operations, in the same order, as training's augment.Normalize
-        x = (images.float() / 255 - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
-
-    def extra_repr(self) -> str:
-        return f"channels_last={self.channels_last}"
+        return self.net(self.normalize(images))
 
 
 def serving_module(model: nn.Module, mean, std, channels_last: bool) -> ImageClassifier:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms.v2.functional import equalize
 
 Augment = Callable[
@@ -24,24 +25,32 @@ Augment = Callable[
 ]
 
 
-class Normalize:
-    """uint8 or [0, 1] float batch -> float, normalised with the dataset's mean/std."""
+class Normalize(nn.Module):
+    """uint8 or [0, 1] float batch -> float, normalised with the dataset's mean/std. The same
+    module runs in training and inside the logged model (sweeplab.track.logged_model), so a
+    served model sees exactly what training saw."""
 
     def __init__(
         self,
         mean: Sequence[float],
         std: Sequence[float],
-        device: torch.device,
+        device: torch.device | None = None,
         channels_last: bool = False,
     ):
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        super().__init__()
+        stats = {"dtype": torch.float32, "device": device}
+        self.register_buffer("mean", torch.tensor(mean, **stats).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, **stats).view(1, -1, 1, 1))
         # NHWC batches for a channels_last model: convs then skip a layout change per call
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (to_float(x) - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=layout)
+
+    def extra_repr(self) -> str:
+        return f"channels_last={self.channels_last}"
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
