@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import GROUPS, compose_cfg
-from sweeplab.config.schema import ConfigError, validate
+from sweeplab.config.schema import (
+    ConfigError,
+    SweepConfig,
+    TrackingConfig,
+    TrainConfig,
+    TrainerConfig,
+    validate,
+)
 from sweeplab.train.optim import build_optimizer
 from sweeplab.train.splits import DatasetError
 from sweeplab.train.trainer import build
@@ -259,3 +268,19 @@ def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem, tm
     (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n")
     found = command_line_problem([a.replace("{extra}", str(tmp_path)) for a in argv], CONF)
     assert found == problem if problem is None else found.startswith(problem)
+
+
+def test_defaults_are_written_once_in_conf():
+    """The schema's dataclasses give types only: every value of trainer / tracking / sweep
+    comes from conf/, so the YAML a user reads is the whole truth."""
+    for section in (TrainerConfig, TrackingConfig, SweepConfig, TrainConfig):
+        given = [
+            f.name
+            for f in dataclasses.fields(section)
+            if f.default is not MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        assert given == [], f"{section.__name__} sets defaults: {given}"
+    cfg = compose_cfg(["output_dir=out"])
+    for section in ("trainer", "tracking", "sweep"):
+        assert OmegaConf.missing_keys(cfg[section]) == set()
+    assert cfg.optimized_metric == "best_val_acc" and cfg.trainer.epochs == 10

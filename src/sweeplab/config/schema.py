@@ -1,7 +1,8 @@
 """Typed top-level config, path resolvers, and up-front validation of the composed config.
 
-The top level and the `trainer`/`tracking` groups are dataclasses (Hydra checks them while
-composing). The other groups are `_target_` + knobs; `validate` checks their knobs against the
+The top level and the `trainer`/`tracking`/`sweep` sections are dataclasses (Hydra checks them
+while composing) that give types only: every value is written once, in conf/ (train.yaml,
+trainer/default.yaml, tracking/default.yaml). The other groups are `_target_` + knobs; `validate` checks their knobs against the
 target's own signature, so a schema can never drift from the code that uses it.
 """
 
@@ -44,21 +45,21 @@ class Strategy(enum.Enum):
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    device: str = "auto"
-    seed: int = 42
-    deterministic: bool = False
-    amp: Amp = Amp.none
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    early_stopping: int = 0
-    num_threads: int | None = None
-    resume: str | None = None
-    channels_last: bool = True
-    compile: bool = False
-    strategy: Strategy = Strategy.single
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    seed: int = MISSING
+    deterministic: bool = MISSING
+    amp: Amp = MISSING
+    label_smoothing: float = MISSING
+    grad_clip: float | None = MISSING
+    early_stopping: int = MISSING
+    num_threads: int | None = MISSING
+    resume: str | None = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    strategy: Strategy = MISSING
 
 
 @dataclass
@@ -66,23 +67,23 @@ class TrackingConfig:
     root: str = MISSING
     uri: str = MISSING
     experiment: str = MISSING
-    run_name: str | None = None
-    source_run_id: str | None = None
-    study_storage: str | None = None  # Optuna storage URL; null: sqlite beside a local store
-    log_model: bool = True  # the best checkpoint as an MLflow logged model (logged_model.py)
-    system_metrics: bool = False  # MLflow's system/* metrics, sampled every ..._interval s
-    system_metrics_interval: float = 10.0
-    keep_last_checkpoint: bool = False  # keep last.pt once a run has ended as intended
+    run_name: str | None = MISSING
+    source_run_id: str | None = MISSING
+    study_storage: str | None = MISSING  # Optuna storage URL; null: sqlite beside a local store
+    log_model: bool = MISSING  # the best checkpoint as an MLflow logged model (logged_model.py)
+    system_metrics: bool = MISSING  # MLflow's system/* metrics, sampled every ..._interval s
+    system_metrics_interval: float = MISSING
+    keep_last_checkpoint: bool = MISSING  # keep last.pt once a run has ended as intended
 
 
 @dataclass
 class SweepConfig:
-    rerun_finished: bool = False
-    dry_run: bool = False
-    seeds: int = 1  # > 1: every configuration with seeds trainer.seed, +1, ... (mean +- std)
-    study: str | None = None  # set by the Optuna sweeper on each job: its study and trial
-    trial: int | None = None
-    register_best: str | None = None  # a registered model name: the sweep's best run's model
+    rerun_finished: bool = MISSING
+    dry_run: bool = MISSING
+    seeds: int = MISSING  # > 1: every configuration with seeds trainer.seed, +1, ... (mean +- std)
+    study: str | None = MISSING  # set by the Optuna sweeper on each job: its study and trial
+    trial: int | None = MISSING
+    register_best: str | None = MISSING  # a registered model name: the sweep's best run's model
 
 
 @dataclass
@@ -96,7 +97,7 @@ class TrainConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     output_dir: str = MISSING
-    optimized_metric: Any = "best_val_acc"  # a metric name, or a list (multi-objective)
+    optimized_metric: Any = MISSING  # a metric name, or a list (multi-objective)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
