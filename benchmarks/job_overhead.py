@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import compose_cfg  # noqa: E402
+from helpers.config import compose_cfg  # noqa: E402
 from sweeplab.job import train  # noqa: E402
 from sweeplab.track import store, tracking
 

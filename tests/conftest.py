@@ -3,8 +3,9 @@
 MNIST comes from $SWEEPLAB_DATA_DIR when it is set (CI points it at ../shared/data), else it is
 downloaded once through torchvision into the user's cache ($XDG_CACHE_HOME/sweeplab, else
 ~/.cache/sweeplab). CIFAR-10/100 and Fashion-MNIST are tiny random files in torchvision's own
-formats (fake_datasets.py). One MLflow sqlite store serves the whole session (creating one costs
-seconds); each test logs into its own experiment so tests never see each other's runs.
+formats (helpers/fake_datasets.py). One MLflow sqlite store serves the whole session (creating
+one costs seconds); each test logs into its own experiment so tests never see each other's runs.
+Helpers that are not fixtures live in tests/helpers/.
 """
 
 from __future__ import annotations
@@ -14,40 +15,19 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import torchvision
 from omegaconf import DictConfig
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
-TRAIN_SCRIPT = REPO / "src" / "train.py"
-
-# Every option of every group, read from conf/ so a new option file is tested automatically.
-GROUPS = {
-    g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
-    for g in ("dataset", "model", "optimizer", "scheduler", "augmentation")
-}
-
-
-def compose_cfg(overrides: list[str] = ()) -> DictConfig:
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-DATA_ENV = "SWEEPLAB_DATA_DIR"
-
-
-def mnist_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeplab"
+from helpers import fake_datasets
+from helpers.config import DATA_ENV, compose_cfg, mnist_cache
+from helpers.runs import store_client
+from sweeplab.train.data import download_lock
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """A folder holding MNIST/raw: $SWEEPLAB_DATA_DIR, else the user's cache (downloaded once,
     under the lock a sweep uses). If neither works the session stops with one line."""
-    import torchvision
-
-    from sweeplab.train.data import download_lock
-
     root = os.environ.get(DATA_ENV)
     if root:
         if not (Path(root) / "MNIST" / "raw").is_dir():
@@ -72,10 +52,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def fake_data_root(tmp_path_factory) -> Path:
     """Tiny CIFAR-10, CIFAR-100 and Fashion-MNIST in torchvision's on-disk formats."""
-    from fake_datasets import WRITERS
 
     root = tmp_path_factory.mktemp("fake-data")
-    for write in WRITERS.values():
+    for write in fake_datasets.WRITERS.values():
         write(root)
     return root
 
@@ -83,7 +62,7 @@ def fake_data_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def fake_torchvision(monkeypatch):
     """torchvision's CIFAR md5 check becomes an existence check, for this test only."""
-    from fake_datasets import patch_torchvision
+    from helpers.fake_datasets import patch_torchvision
 
     patch_torchvision(monkeypatch.setattr)
 
@@ -125,13 +104,6 @@ def small_cfg(store_root, tmp_path):
     return make
 
 
-def store_client(root: Path):
-    """An MlflowClient on the sqlite store under `root` (tracking.root)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-
-
 @pytest.fixture
 def client(store_root):
     return store_client(store_root)
@@ -140,8 +112,6 @@ def client(store_root):
 @pytest.fixture
 def image_folder(tmp_path, data_dir) -> Path:
     """A real image folder: 3 MNIST digit classes as PNG files, train/ and val/ splits."""
-    import torchvision
-
     mnist = torchvision.datasets.MNIST(str(data_dir), train=True, download=False)
     root = tmp_path / "digits"
     counts: dict[tuple[str, int], int] = {}
@@ -155,20 +125,3 @@ def image_folder(tmp_path, data_dir) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         torchvision.io.write_png(image[None], str(folder / f"{counts[(split, label)]}.png"))
     return root
-
-
-def job_runs(client, experiment_id: str, query: str = "") -> list:
-    """The runs of jobs in an experiment: a sweep's parent run (tag sweeplab.role) left out."""
-    runs = client.search_runs([experiment_id], query)
-    return [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"]
-
-
-def per_class(client, run_id: str) -> dict[str, list]:
-    """A run's per-class test table (logged with log_table) as {column: values}."""
-    import json
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, "metrics/test_per_class.json", tmp)
-        table = json.loads(Path(path).read_text())
-    return {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import GROUPS, compose_cfg
+from helpers.config import GROUPS, compose_cfg
 from sweeplab.train import augment, mixing
 from sweeplab.train.trainer import build
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, compose_cfg, store_client
+from helpers.config import REPO, compose_cfg
+from helpers.runs import store_client
 from sweeplab.cli.rerun import rerun
 from sweeplab.job import train
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_datasets import CIFAR10_CLASSES, subprocess_env
 
-from conftest import TRAIN_SCRIPT, job_runs, per_class, store_client
+from helpers.config import TRAIN_SCRIPT
+from helpers.fake_datasets import CIFAR10_CLASSES, subprocess_env
+from helpers.runs import job_runs, per_class, store_client
 
 SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]
 

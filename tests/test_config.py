@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import GROUPS, compose_cfg
+from helpers.config import GROUPS, compose_cfg
 from sweeplab.config.schema import (
     ConfigError,
     SweepConfig,
@@ -261,7 +261,7 @@ def test_failed_download_is_reported_with_the_expected_path(tmp_path, monkeypatc
     ],
 )
 def test_command_line_problems_hydra_would_not_say_in_one_line(argv, problem, tmp_path):
-    from conftest import CONF
+    from helpers.config import CONF
     from sweeplab.config.command_line import command_line_problem
 
     (tmp_path / "experiment").mkdir()

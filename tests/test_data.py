@@ -11,11 +11,11 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import fake_datasets
 import pytest
 import torch
 
-from conftest import REPO, compose_cfg
+from helpers import fake_datasets
+from helpers.config import REPO, compose_cfg
 from sweeplab.train.loop import evaluate
 from sweeplab.train.splits import DatasetError, TensorSplit, split_train_val
 from sweeplab.train.trainer import build
@@ -133,7 +133,7 @@ def test_image_folder_without_images_is_refused(tmp_path):
         build(cfg.dataset, device=CPU, seed=0)
 
 
-# --- torchvision's own file formats, through dataset=... (tiny random files, fake_datasets.py) --
+# --- torchvision's own file formats through dataset=... (helpers/fake_datasets.py) ---
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TRAIN_SCRIPT, job_runs, store_client
+from helpers.config import TRAIN_SCRIPT
+from helpers.runs import job_runs, store_client
 from sweeplab.job import train
 from sweeplab.track import logged_model
 

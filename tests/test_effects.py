@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import GROUPS
+from helpers.config import GROUPS
 from sweeplab.job import train
 from sweeplab.sweep.jobs import plan_job
 from sweeplab.train import loop

@@ -15,7 +15,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import TRAIN_SCRIPT, per_class
+from helpers.config import TRAIN_SCRIPT
+from helpers.runs import per_class
 from sweeplab.cli import predict
 from sweeplab.job import train
 from sweeplab.track import lineage, logged_model, tracking

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import CONF
+from helpers.config import CONF
 from hydra_plugins.sweeplab_sweepers.config import PRUNERS, SAMPLERS
 from sweeplab.sweep.optuna_search import OWNER, REQUEUED, OptunaSearch
 from sweeplab.sweep.search import optimized_values

@@ -11,9 +11,10 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from test_reliability import SLOW, TRAIN_SCRIPT, start, wait_for_line
-from test_sweep import parent_and_children, report_csv, sweep
 
+from helpers.config import TRAIN_SCRIPT
+from helpers.processes import SLOW, start, sweep, wait_for_line
+from helpers.runs import parent_and_children, report_csv
 from sweeplab.track.tags import PRUNED_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow

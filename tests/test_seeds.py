@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-from test_reliability import SLOW, start
-from test_sweep import parent_and_children, sweep
 
+from helpers.processes import SLOW, start, sweep
+from helpers.runs import parent_and_children
 from sweeplab.config.identity import SEED, config_hash
 from sweeplab.sweep.leaderboard import Row
 from sweeplab.sweep.render import markdown, plot_test_acc

@@ -1,8 +1,9 @@
 """`tracking=server`: a 2-job parallel sweep into a real MLflow server on PostgreSQL.
 
 The server (and its PostgreSQL cluster) is started once for the module on 127.0.0.1 with the
-helpers in servers.py; each test logs into its own experiment. The URI reaches sweeplab once as
-a `tracking.uri=` override and once through `MLFLOW_TRACKING_URI`, the two documented ways.
+helpers in helpers/servers.py; each test logs into its own experiment. The URI reaches sweeplab
+once as a `tracking.uri=` override and once through `MLFLOW_TRACKING_URI`, the two documented
+ways.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from servers import (
+
+from helpers.config import TRAIN_SCRIPT
+from helpers.servers import (
     REQUIRE_SERVICES_ENV,
     MlflowServer,
     Postgres,
@@ -27,8 +30,6 @@ from servers import (
     mlflow_server_running,
     postgres_running,
 )
-
-from conftest import TRAIN_SCRIPT
 
 EPOCHS = 2
 SWEEP = [

@@ -22,7 +22,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy import event
 
-from conftest import REPO, TRAIN_SCRIPT, store_client
+from helpers.config import REPO, TRAIN_SCRIPT
+from helpers.runs import store_client
 from sweeplab.sweep import study
 from sweeplab.track import sqlite_db, store_schema
 from sweeplab.track.tracking import TrackingError

@@ -3,19 +3,17 @@ searches: test_search.py, test_search_e2e.py)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from test_reliability import SLOW, start
 
-from conftest import CONF, job_runs, store_client
+from helpers.config import CONF
+from helpers.processes import SLOW, sweep
+from helpers.runs import parent_and_children, report_csv
 from sweeplab.config.identity import sweep_id
 from sweeplab.sweep.placement import Placement, choose_joblib_jobs, concurrent_jobs, placement
 
@@ -97,24 +95,6 @@ def test_sweep_id_is_the_command_not_where_it_logs():
 # --- real sweeps -------------------------------------------------------------------------------
 
 QUICK = [*SLOW, "trainer.epochs=2", "dataset.num_train=200"]
-
-
-def sweep(args: list[str], cwd: Path, timeout: int = 600) -> tuple[int, str]:
-    proc = start(["-m", *args], cwd)
-    return proc.wait(timeout=timeout), proc.stdout.read()
-
-
-def parent_and_children(root: Path, experiment: str = "synthetic"):
-    client = store_client(root)
-    exp = client.get_experiment_by_name(experiment)
-    (parent,) = client.search_runs([exp.experiment_id], "tags.`sweeplab.role` = 'sweep'")
-    children = job_runs(client, exp.experiment_id)
-    return client, parent, children
-
-
-def report_csv(client, parent) -> list[dict]:
-    path = client.download_artifacts(parent.info.run_id, "report/report.csv")
-    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
 
 
 @pytest.mark.slow
@@ -203,7 +183,7 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
 def test_two_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path):
     """Reliability 20: `outputs/multiruns/<second>/` was shared by two sweeps started together,
     so job 0 held the other sweep's overrides (a re-run from it ran the wrong config)."""
-    from conftest import TRAIN_SCRIPT
+    from helpers.config import TRAIN_SCRIPT
 
     launches = [
         subprocess.Popen(

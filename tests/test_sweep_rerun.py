@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_reliability import SLOW, reference_and_killed
 
-from conftest import TRAIN_SCRIPT, job_runs, store_client
+from helpers.config import TRAIN_SCRIPT
+from helpers.processes import SLOW, reference_and_killed
+from helpers.runs import job_runs, store_client
 
 SWEEP = ["-m", *SLOW, "trainer.epochs=3", "dataset.num_train=600", "trainer.seed=1,2,3,4"]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GROUPS, per_class
+from helpers.config import GROUPS
+from helpers.runs import per_class
 from sweeplab.cli.rerun import RerunError, rerun
 from sweeplab.job import train
 from sweeplab.train import trainer as core
@@ -51,7 +52,7 @@ def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small
 @pytest.fixture(scope="module")
 def unaugmented_loss(store_root, tmp_path_factory):
     """Epoch-1 train loss with augmentation=none, to compare every option against."""
-    from conftest import compose_cfg
+    from helpers.config import compose_cfg
 
     cfg = compose_cfg(
         [
@@ -268,7 +269,7 @@ def test_a_config_logged_before_the_subpackages_reruns_with_the_moved_targets():
     config.yaml with the current paths, each importable; current configs pass unchanged."""
     from hydra.utils import get_method
 
-    from conftest import CONF
+    from helpers.config import CONF
     from sweeplab.cli.rerun import current_targets
 
     old = "model:\n  _target_: sweeplab.models.simple_cnn\n  x: sweeplab.models.keep\n"

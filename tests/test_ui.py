@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import missing_service, mlflow_server_running
 
-from conftest import TRAIN_SCRIPT
+from helpers.config import TRAIN_SCRIPT
+from helpers.servers import missing_service, mlflow_server_running
 
 SWEEP = [
     "-m",

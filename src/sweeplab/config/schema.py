@@ -1,9 +1,10 @@
-"""Typed top-level config, path resolvers, and up-front validation of the composed config.
+"""Typed top-level config, and up-front validation of the composed config.
 
 The top level and the `trainer`/`tracking`/`sweep` sections are dataclasses (Hydra checks them
 while composing) that give types only: every value is written once, in conf/ (train.yaml,
-trainer/default.yaml, tracking/default.yaml). The other groups are `_target_` + knobs; `validate` checks their knobs against the
-target's own signature, so a schema can never drift from the code that uses it.
+trainer/default.yaml, tracking/default.yaml). The other groups are `_target_` + knobs;
+`validate` checks their knobs against the target's own signature, so a schema can never drift
+from the code that uses it.
 """
 
 from __future__ import annotations

@@ -138,9 +138,9 @@ def subprocess_env(tmp: Path, offline: bool = False, **extra: str) -> dict[str, 
     with `offline`, every download fails as it does without a network."""
     site = Path(tmp) / "sitecustomize"
     site.mkdir(parents=True, exist_ok=True)
-    code = "import fake_datasets\nfake_datasets.patch_torchvision()\n"
+    code = "from helpers import fake_datasets\nfake_datasets.patch_torchvision()\n"
     (site / "sitecustomize.py").write_text(code + (OFFLINE if offline else ""))
-    tests = str(Path(__file__).resolve().parent)
+    tests = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (str(site), tests, os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return {**env, "PYTHONPATH": path, **extra}
