@@ -9,29 +9,22 @@ import torch
 from torch import nn
 
 from helpers.config import GROUPS
+from helpers.core import history, trainer_for
 from sweeplab.job import train
 from sweeplab.sweep.jobs import plan_job
 from sweeplab.train import loop
-from sweeplab.train import trainer as core
+from sweeplab.train.hooks import Hook
 
 
-def test_label_smoothing_reaches_the_loss_as_computed_by_hand(small_cfg, monkeypatch):
-    """The training loss of a run with trainer.label_smoothing=eps is
+def test_label_smoothing_reaches_the_loss_as_computed_by_hand(small_cfg):
+    """The training loss with trainer.label_smoothing=eps is
     (1 - eps) * cross-entropy + eps * mean over classes of -log p."""
-    seen = {}
-    real = core.train_epoch
-
-    def spy(*args, loss_fn, **kw):
-        seen["loss_fn"] = loss_fn
-        return real(*args, loss_fn=loss_fn, **kw)
-
-    monkeypatch.setattr(core, "train_epoch", spy)
-    train(small_cfg("trainer.label_smoothing=0.2"))
+    trainer = trainer_for(small_cfg("trainer.label_smoothing=0.2"))
     logits = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))
     y = torch.arange(16) % 10
     log_p = logits.log_softmax(1)
     by_hand = (0.8 * -log_p[torch.arange(16), y] + 0.2 * -log_p.mean(1)).mean()
-    assert torch.allclose(seen["loss_fn"](logits, y), by_hand)
+    assert torch.allclose(trainer.train_loss(logits, y), by_hand)
     assert not torch.allclose(nn.functional.cross_entropy(logits, y), by_hand)
 
 
@@ -102,24 +95,26 @@ def test_every_scheduler_runs_inside_train_and_moves_the_lr_as_configured(
     assert expected[scheduler](), lrs
 
 
-def test_deterministic_mode_is_on_during_the_run_and_runs_are_identical(small_cfg, monkeypatch):
-    states = []
-    real = core.train_epoch
+class DeterminismProbe(Hook):
+    """Records, after each epoch, whether torch's deterministic algorithms were on."""
 
-    def spy(*args, **kw):
-        states.append(torch.are_deterministic_algorithms_enabled())
-        return real(*args, **kw)
+    def __init__(self):
+        self.states: list[bool] = []
 
-    monkeypatch.setattr(core, "train_epoch", spy)
+    def on_epoch_end(self, trainer, row, improved) -> bool:
+        self.states.append(torch.are_deterministic_algorithms_enabled())
+        return False
+
+
+def test_deterministic_mode_is_on_during_the_run_and_runs_are_identical(small_cfg):
     overrides = ("trainer.deterministic=true", "trainer.epochs=2", "augmentation=randaugment")
-    a, b = train(small_cfg(*overrides)), train(small_cfg(*overrides))
+    runs = []
+    for _ in range(2):
+        probe, trainer = DeterminismProbe(), trainer_for(small_cfg(*overrides))
+        runs.append((history(trainer.fit([probe])), trainer.evaluate(trainer.data.test)[1]))
+        assert probe.states == [True, True]
     torch.use_deterministic_algorithms(False)
-    assert states == [True] * 4
-
-    def same(h):
-        return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in h]
-
-    assert same(a["history"]) == same(b["history"]) and a["test_acc"] == b["test_acc"]
+    assert runs[0] == runs[1]
 
 
 def test_rerun_finished_trains_a_finished_config_again_instead_of_skipping(store_root, client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.config import GROUPS
+from helpers.config import GROUPS, compose_cfg
+from helpers.core import trainer_for
 from helpers.runs import per_class
 from sweeplab.cli.rerun import RerunError, rerun
 from sweeplab.job import train
@@ -30,8 +32,22 @@ FINAL_METRICS = {"best_val_acc", "best_epoch", "test_loss", "test_acc"}
 
 @pytest.mark.parametrize("optimizer", GROUPS["optimizer"])
 @pytest.mark.parametrize("model", GROUPS["model"])
-def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small_cfg, client):
+def test_every_model_and_optimizer_trains(model, optimizer, small_cfg):
     cfg = small_cfg(f"model={model}", f"optimizer={optimizer}", "dataset.image_size=32")
+    trainer = trainer_for(cfg)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    (row,) = trainer.fit([])
+    assert type(trainer.optimizer).__name__ == cfg.optimizer._target_.rsplit(".", 1)[-1]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["val_acc"] <= 1
+    after = list(trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # it stepped
+    loss, acc, confusion = trainer.evaluate(trainer.data.test)
+    assert math.isfinite(loss) and int(confusion.sum()) == 100  # the whole test set
+
+
+@pytest.mark.parametrize("model", GROUPS["model"])
+def test_every_model_is_tracked_with_its_metrics_table_and_logged_model(model, small_cfg, client):
+    cfg = small_cfg(f"model={model}", "dataset.image_size=32")
     result = train(cfg)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
@@ -52,8 +68,6 @@ def test_every_model_and_optimizer_trains_and_is_tracked(model, optimizer, small
 @pytest.fixture(scope="module")
 def unaugmented_loss(store_root, tmp_path_factory):
     """Epoch-1 train loss with augmentation=none, to compare every option against."""
-    from helpers.config import compose_cfg
-
     cfg = compose_cfg(
         [
             "dataset=synthetic",
@@ -68,20 +82,18 @@ def unaugmented_loss(store_root, tmp_path_factory):
             "augmentation=none",
         ]
     )
-    return train(cfg)["history"][0]["train_loss"]
+    return trainer_for(cfg).fit([])[0]["train_loss"]
 
 
 @pytest.mark.parametrize("option", [o for o in GROUPS["augmentation"] if o != "none"])
 def test_every_augmentation_option_trains_and_changes_the_training_batches(
-    option, small_cfg, client, unaugmented_loss
+    option, small_cfg, unaugmented_loss
 ):
     # flips on, so that every option has something to apply on the synthetic set
-    cfg = small_cfg(f"augmentation={option}", "dataset.flips_keep_label=true")
-    result = train(cfg)
-    assert client.get_run(result["run_id"]).info.status == "FINISHED"
-    loss = result["history"][0]["train_loss"]
+    trainer = trainer_for(small_cfg(f"augmentation={option}", "dataset.flips_keep_label=true"))
+    loss = trainer.fit([])[0]["train_loss"]
     assert torch.isfinite(torch.tensor(loss)) and loss != unaugmented_loss
-    assert 0 <= result["test_acc"] <= 1
+    assert 0 <= trainer.evaluate(trainer.data.test)[1] <= 1
 
 
 def test_a_run_logs_everything_a_comparison_needs(small_cfg, client):
@@ -158,28 +170,19 @@ def test_best_checkpoint_is_safe_to_load_and_reproduces_test_acc(small_cfg, clie
     assert load_checkpoint(path)["classes"] == data.classes
 
 
-def test_augmentation_touches_training_batches_only(small_cfg, monkeypatch):
+def test_augmentation_touches_training_batches_only(small_cfg):
     seen = []
 
     def recording(x, y, g=None):
         seen.append(len(x))
         return x, y
 
-    monkeypatch.setattr(core, "build", _replacing(core.build, "augment", lambda: recording))
-    cfg = small_cfg("trainer.epochs=2", "trainer.batch_size=32")
-    result = train(cfg)
+    trainer = trainer_for(small_cfg("trainer.epochs=2", "trainer.batch_size=32"))
+    trainer.augment = recording  # the Trainer's own part, replaced for this test
+    trainer.fit([])
+    trainer.evaluate(trainer.data.test)
     # 320 images, 10% val -> 288 train -> 9 full batches per epoch; val/test never augmented
     assert seen == [32] * 18
-    assert result["test_acc"] >= 0
-
-
-def _replacing(build, module_suffix, factory):
-    def patched(node, **kwargs):
-        if str(node.get("_target_", "")).startswith(f"sweeplab.train.{module_suffix}."):
-            return factory()
-        return build(node, **kwargs)
-
-    return patched
 
 
 def test_an_exception_ends_the_run_failed_with_its_traceback(small_cfg, client, monkeypatch):
