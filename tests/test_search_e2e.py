@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from helpers.config import TRAIN_SCRIPT
 from helpers.processes import SLOW, start, sweep, wait_for_line
 from helpers.runs import parent_and_children, report_csv
+from sweeplab.sweep.optuna_search import REQUEUED
 from sweeplab.track.tags import PRUNED_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
@@ -118,9 +119,10 @@ def test_a_killed_search_relaunched_ends_with_exactly_n_trials(tmp_path):
     study = the_study(tmp_path / "mlruns")
     trials = study.trials  # n_trials results: the dead launch's trial does not count
     assert all(t.state in ENDED for t in trials)  # none RUNNING
-    counted = [t for t in trials if not t.user_attrs.get("sweeplab.interrupted")]
+    replaced = {t.user_attrs[REQUEUED] for t in trials if REQUEUED in t.user_attrs}
+    counted = [t for t in trials if t.number not in replaced]
     assert len(trials) == 5 and [t.state for t in counted] == [TrialState.COMPLETE] * 4
-    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["sweeplab.interrupted"]
+    assert trials[1].state == TrialState.FAIL and replaced == {1}
     assert trials[2].params == trials[1].params  # queued again, run first
     client, parent, runs = parent_and_children(tmp_path / "mlruns")
     resumed = [r for r in runs if r.data.tags.get("sweeplab.resumed") == "true"]

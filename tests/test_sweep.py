@@ -146,7 +146,7 @@ def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
     sid = parent.data.tags["sweeplab.sweep_id"]
     for target in ("synthetic", sid):
         again = subprocess.run(
-            [sys.executable, "-m", "sweeplab.sweep.report", target, "--out", str(tmp_path / "r")],
+            [sys.executable, "-m", "sweeplab.cli.report", target, "--out", str(tmp_path / "r")],
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -156,7 +156,7 @@ def test_joblib_sweep_with_failed_jobs_reports_from_mlflow(tmp_path):
         assert f"Sweep {sid}" in again.stdout and "FAILED" in again.stdout
     assert (tmp_path / "r" / "report.md").read_text().count("| alexnet |") == 1
     missing = subprocess.run(
-        [sys.executable, "-m", "sweeplab.sweep.report", "nope"],
+        [sys.executable, "-m", "sweeplab.cli.report", "nope"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
