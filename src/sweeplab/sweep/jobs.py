@@ -26,6 +26,7 @@ from sweeplab.config.redact import redact_override, redacted_overrides, typed_ov
 from sweeplab.config.resolvers import abspath, in_multirun
 from sweeplab.config.schema import ConfigError
 from sweeplab.sweep import report
+from sweeplab.sweep.cluster import check_launcher
 from sweeplab.sweep.search import OPTUNA_SWEEPER, check_search
 from sweeplab.track import store, tracking
 from sweeplab.track.params import relativize_paths
@@ -148,6 +149,8 @@ class SweepLifecycle:
 
     def prepare(self, config: DictConfig, output_dir: str, multirun: bool = False) -> str:
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if multirun:
+            check_launcher(config)  # a cluster that cannot be reached: before anything exists
         if multirun and sweeper.endswith(OPTUNA_SWEEPER):
             check_search(config)  # before the parent run: a mistake creates nothing
         store.ensure_writable(abspath(output_dir), "hydra output dir")

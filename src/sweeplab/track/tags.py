@@ -53,6 +53,28 @@ PRUNED_TAG = "sweeplab.pruned_epoch"
 TRIAL_KEYS = ("sweep.study", "sweep.trial")
 
 
+# SLURM: which allocation ran the job (what `squeue` / `scontrol show job` would name), and how
+# often SLURM requeued it (preemption, time limit, `scontrol requeue`).
+SLURM_ENV_TAGS = {
+    "SLURM_JOB_ID": "sweeplab.slurm_job_id",
+    "SLURM_ARRAY_JOB_ID": "sweeplab.slurm_array_job_id",
+    "SLURM_ARRAY_TASK_ID": "sweeplab.slurm_array_task_id",
+    "SLURMD_NODENAME": "sweeplab.slurm_node",
+    "SLURM_JOB_PARTITION": "sweeplab.slurm_partition",
+    "SLURM_CPUS_PER_TASK": "sweeplab.slurm_cpus_per_task",
+    "SLURM_RESTART_COUNT": "sweeplab.slurm_restart_count",
+}
+
+
+def slurm_tags(env=os.environ) -> dict[str, str]:
+    """The job's SLURM allocation as tags (none outside SLURM). An array task's job id is
+    `<array job id>_<task id>`, as SLURM shows it."""
+    tags = {tag: env[var] for var, tag in SLURM_ENV_TAGS.items() if env.get(var)}
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        tags["sweeplab.slurm_job_id"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return tags
+
+
 def identity_tags(cfg: DictConfig, config_hash: str) -> dict[str, str]:
     """Which configuration a run is: exactly (skip / resume) and up to its seed (averaging)."""
     seedless = identity.config_hash(cfg, ignore=(identity.SEED,))
@@ -135,6 +157,7 @@ def run_tags(cfg: DictConfig, *, config_hash: str, device: Any, run_is_new: bool
             "sweeplab.threads": str(torch.get_num_threads()),
             "sweeplab.device": str(device),
             **environment.tags(),
+            **slurm_tags(),
             **sweep_tags(run_is_new),
         }
     )
