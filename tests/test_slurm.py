@@ -19,6 +19,7 @@ from helpers.config import TRAIN_SCRIPT
 from helpers.processes import SLOW, start
 from helpers.runs import job_runs, parent_and_children, report_csv, store_client
 from helpers.slurm import slurm_running
+from sweeplab.track.tags import slurm_tags
 
 # A CPU node: no GPU asked for (the launcher's defaults ask for one, which a CPU partition
 # never grants: the jobs would pend for ever), one CPU and 1 GB per job, so 2 run at a time here.
@@ -210,3 +211,28 @@ def test_a_job_longer_than_its_time_limit_is_requeued_until_it_finishes(cluster,
     assert int(run.data.tags["sweeplab.slurm_restart_count"]) >= 1  # it did hit the limit
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(set(steps)) == list(range(1, 13))
+
+
+def test_an_unknown_partition_is_one_line_and_nothing_is_created(cluster, tmp_path, data_dir):
+    args = ["-m", *ON_CPUS, "hydra.launcher.partition=gpu-nope", *MNIST_SMALL]
+    proc = launch(cluster, args, tmp_path, data_dir, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "hydra.launcher.partition=gpu-nope: no such partition" in line
+    assert "main, short" in line  # what sinfo lists
+    assert not (tmp_path / "mlruns").exists() and cluster.jobs() == []
+
+
+def test_slurm_tags_name_the_allocation_and_nothing_outside_slurm():
+    env = {
+        "SLURM_JOB_ID": "107",
+        "SLURM_ARRAY_JOB_ID": "105",
+        "SLURM_ARRAY_TASK_ID": "2",
+        "SLURMD_NODENAME": "node7",
+        "SLURM_CPUS_PER_TASK": "4",
+        "SLURM_RESTART_COUNT": "1",
+    }
+    tags = slurm_tags(env)
+    assert tags["sweeplab.slurm_job_id"] == "105_2"  # as squeue shows an array task
+    assert tags["sweeplab.slurm_node"] == "node7" and tags["sweeplab.slurm_restart_count"] == "1"
+    assert slurm_tags({"PATH": "/usr/bin"}) == {}
