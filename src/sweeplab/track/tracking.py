@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.tracking._tracking_service import utils
+from mlflow.tracking._tracking_service import utils  # private: see fluent_uri
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from sweeplab.config.resolvers import abspath
@@ -175,7 +175,8 @@ def fluent_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking URI (read by fluent calls such as `log_model` and
     `load_model`) at `uri` for a block, then put back both it and $MLFLOW_TRACKING_URI, which
     `set_tracking_uri` also writes (MLflow's own `_use_tracking_uri` would unset a user's)."""
-
+    # Private: MLflow has no public way to tell "never set" (None here) from its default,
+    # which `get_tracking_uri()` returns in both cases (checked against mlflow 3.17.2).
     before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(resolve_uri(uri))
     try:
