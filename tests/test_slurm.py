@@ -174,9 +174,11 @@ def test_a_job_longer_than_its_time_limit_is_requeued_until_it_finishes(cluster,
     limited = [
         "hydra.launcher.timeout_min=1",
         "hydra.launcher.signal_delay_s=20",
-        "hydra.launcher.max_num_timeout=5",
+        "hydra.launcher.max_num_timeout=10",
     ]
-    longer = [*SLOW, "trainer.epochs=12"]  # short epochs: every attempt ends some of them
+    # many short epochs: longer than 40 s of training on any machine, and every attempt ends
+    # some of them (in CI, 12 epochs of SLOW ended before the first signal)
+    longer = [*SLOW, "dataset.num_train=300", "trainer.epochs=200"]
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), "-m", *ON_CPUS, *limited, *longer],
         cwd=tmp_path,
@@ -210,17 +212,18 @@ def test_a_job_longer_than_its_time_limit_is_requeued_until_it_finishes(cluster,
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["sweeplab.slurm_restart_count"]) >= 1  # it did hit the limit
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-    assert sorted(set(steps)) == list(range(1, 13))
+    assert sorted(set(steps)) == list(range(1, 201))
 
 
 def test_an_unknown_partition_is_one_line_and_nothing_is_created(cluster, tmp_path, data_dir):
     args = ["-m", *ON_CPUS, "hydra.launcher.partition=gpu-nope", *MNIST_SMALL]
+    before = cluster.jobs()  # the module's earlier tests' jobs, still listed for MinJobAge
     proc = launch(cluster, args, tmp_path, data_dir, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert "hydra.launcher.partition=gpu-nope: no such partition" in line
     assert "main, short" in line  # what sinfo lists
-    assert not (tmp_path / "mlruns").exists() and cluster.jobs() == []
+    assert not (tmp_path / "mlruns").exists() and cluster.jobs() == before
 
 
 def test_slurm_tags_name_the_allocation_and_nothing_outside_slurm():
