@@ -12,6 +12,7 @@ import torch
 
 from helpers.config import TRAIN_SCRIPT
 from helpers.fake_datasets import CIFAR10_CLASSES, subprocess_env
+from helpers.processes import run_train
 from helpers.runs import job_runs, per_class, store_client
 
 SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "trainer.batch_size=64"]
@@ -19,14 +20,7 @@ SMALL = ["dataset=mnist", "dataset.train_subset=512", "trainer.epochs=2", "train
 
 def run_cli(args: list[str], cwd: Path, data_dir: Path, timeout: int = 900):
     env = {**os.environ, "SWEEPLAB_DATA_DIR": str(data_dir), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_train(args, cwd, env, timeout)
 
 
 @pytest.fixture(scope="module")

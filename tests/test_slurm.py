@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.config import TRAIN_SCRIPT
-from helpers.processes import SLOW, start
+from helpers.processes import SLOW, run_train, start
 from helpers.runs import job_runs, parent_and_children, report_csv, store_client
 from helpers.slurm import slurm_running
 from sweeplab.track.tags import slurm_tags
@@ -47,14 +47,7 @@ def cluster():
 
 def launch(cluster, args: list[str], cwd: Path, data_dir: Path, timeout: int = 600):
     env = cluster.env(SWEEPLAB_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_train(args, cwd, env, timeout)
 
 
 @pytest.mark.slow

@@ -74,3 +74,17 @@ def reference_and_killed(args: list[str], root: Path, *lines: str):
 def sweep(args: list[str], cwd: Path, timeout: int = 600) -> tuple[int, str]:
     proc = start(["-m", *args], cwd)
     return proc.wait(timeout=timeout), proc.stdout.read()
+
+
+def run_train(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: int
+) -> subprocess.CompletedProcess:
+    """train.py with `args` to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -33,19 +33,20 @@ class PrepareStoreCallback(Callback):
             self.lifecycle = SweepLifecycle()
         return self.lifecycle
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def _start(self, config: DictConfig, hook: str) -> None:
+        """The implementation's `hook` (on_run_start / on_multirun_start) for a valid config;
+        bad input: one line, exit 2."""
         redact_logs("mlflow")
         try:
-            self._valid(config).on_run_start(config)
+            getattr(self._valid(config), hook)(config)
         except SweeplabError as e:
             stop(e)
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start(config, "on_run_start")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        redact_logs("mlflow")
-        try:
-            self._valid(config).on_multirun_start(config)
-        except SweeplabError as e:
-            stop(e)
+        self._start(config, "on_multirun_start")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         redact_logs("mlflow")  # a job's own log handlers (Hydra sets them up per job)
